@@ -1,0 +1,500 @@
+"""
+What every vendor hook shares: one reused session, timeouts, the retry policy, error mapping, masking.
+
+``HttpHook`` (providers-http) is the base, with three of its defaults turned off because they are
+wrong for credentialed vendor APIs: it sends HTTP Basic auth whenever the login field is set (our
+login fields hold key ids and tenant slugs), it copies every unknown connection extra into a
+request header (our extras hold webhook secrets), and it treats a host typed without a scheme as
+``http://`` (credentials would go out in cleartext). It also builds a new session per call; here
+one session lives as long as the hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
+
+import phonenumbers
+import requests
+from airflow.providers.http.hooks.http import HttpHook
+from requests.auth import AuthBase
+from requests_toolbelt.adapters.socket_options import TCPKeepAliveAdapter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError
+
+from airflow_provider_readreceipts import __version__
+from airflow_provider_readreceipts.receipts import (
+    DeliveryUnknownError,
+    InvalidInputError,
+    VendorAPIError,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+    from airflow.sdk import Connection
+
+USER_AGENT = f"airflow-provider-readreceipts/{__version__}"
+
+#: Statuses that never succeed on retry even though they are 5xx.
+_PERMANENT_5XX = frozenset({501, 505})
+
+
+def normalize_e164(value: Any, *, field: str) -> str:
+    """
+    Check a phone number and return it in E.164 (``+14155551234``).
+
+    Numbers must carry their country code; national formats are refused rather than guessed.
+
+    :param value: what the caller passed.
+    :param field: the argument's name, for the error message.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(field, "a phone number in E.164 format is required, e.g. +14155551234")
+    text = value.strip()
+    if not text.startswith("+"):
+        raise InvalidInputError(
+            field, f"{text!r} has no country code; write it in E.164 format, e.g. +14155551234"
+        )
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidInputError(field, f"{text!r} is not a phone number ({exc})") from None
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidInputError(field, f"{text!r} is not a valid phone number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def require_text(value: Any, *, field: str) -> str:
+    """Return ``value`` stripped, or raise :class:`InvalidInputError` naming ``field`` if it is empty."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInputError(field, "must be a non-empty string")
+    return value.strip()
+
+
+def parse_retry_after(
+    headers: Mapping[str, str], body: Any = None, *, now: float | None = None
+) -> float | None:
+    """
+    Seconds a vendor asks us to wait: ``Retry-After`` (seconds or HTTP date), a ``retry_after``
+    field in the JSON body (top level or under ``error``), or ``X-RateLimit-Reset`` (unix seconds).
+    """
+    now = time.time() if now is None else now
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            try:
+                return max(parsedate_to_datetime(value).timestamp() - now, 0.0)
+            except (TypeError, ValueError):
+                pass
+    if isinstance(body, Mapping):
+        for holder in (body, body.get("error")):
+            if isinstance(holder, Mapping) and isinstance(holder.get("retry_after"), (int, float)):
+                return max(float(holder["retry_after"]), 0.0)
+    reset = headers.get("X-RateLimit-Reset")
+    if reset:
+        try:
+            reset_at = float(reset)
+        except ValueError:
+            return None
+        # Unix seconds as RyzeAPI documents; small values are read as a delay in seconds.
+        return max(reset_at - now, 0.0) if reset_at > 1_000_000_000 else max(reset_at, 0.0)
+    return None
+
+
+class _SigningAuth(AuthBase):
+    """Adds a vendor's auth headers to each request, computed from the final method, path and body."""
+
+    def __init__(self, sign: Callable[[str, str, bytes], dict[str, str]]) -> None:
+        self._sign = sign
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        body = request.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        request.headers.update(self._sign(request.method or "GET", request.path_url, body))
+        return request
+
+    def __repr__(self) -> str:
+        return "<vendor auth>"
+
+
+class ReadReceiptsHook(HttpHook):
+    """
+    Base of the four vendor hooks; not used directly.
+
+    :param conn_id: the Airflow connection holding the vendor account.
+    :param timeout: seconds allowed for connecting and for each read of a response.
+    :param max_attempts: attempts per call, the first included, for calls that may be retried.
+    :param retry_max_seconds: total time a call may spend waiting between attempts.
+    :param max_connections: connections kept open to the vendor (raise for concurrent bulk calls).
+    """
+
+    #: The vendor as people write it, used in every error message.
+    vendor_name: ClassVar[str]
+    #: The vendor's public API root, used when the connection's host is empty.
+    default_base_url: ClassVar[str]
+    #: Connection extras that hold secrets: masked in logs as soon as the connection is loaded.
+    secret_extras: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        timeout: float = 30.0,
+        max_attempts: int = 5,
+        retry_max_seconds: float = 120.0,
+        max_connections: int = 10,
+    ) -> None:
+        super().__init__(
+            method="POST",
+            http_conn_id=conn_id,
+            adapter=TCPKeepAliveAdapter(pool_connections=1, pool_maxsize=max_connections),
+        )
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.retry_max_seconds = retry_max_seconds
+        self._session: requests.Session | None = None
+        self._async_session: aiohttp.ClientSession | None = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._async_connection: Connection | None = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} conn_id={self.http_conn_id!r}>"
+
+    # -- connection -------------------------------------------------------------------------------
+
+    @cached_property
+    def connection(self) -> Connection:
+        """The Airflow connection, loaded once; its secrets are registered with the log masker."""
+        return self._adopt_connection(self.get_connection(self.http_conn_id))
+
+    def _adopt_connection(self, conn: Connection) -> Connection:
+        from airflow.sdk.log import mask_secret
+
+        if conn.password:
+            mask_secret(conn.password)
+        for name in self.secret_extras:
+            value = self._extra_of(conn, name)
+            if value:
+                mask_secret(value)
+        self._check_connection(conn)
+        return conn
+
+    def _check_connection(self, conn: Connection) -> None:
+        """Refuse a connection that lacks what the vendor needs; override per vendor."""
+
+    def extra(self, name: str, default: Any = None) -> Any:
+        """A connection extra, as the 3.x form stores it or with the older ``extra__<type>__`` prefix."""
+        return self._extra_of(self.connection, name, default)
+
+    def _extra_of(self, conn: Connection, name: str, default: Any = None) -> Any:
+        extras = conn.extra_dejson or {}
+        for key in (name, f"extra__{self.conn_type}__{name}"):
+            value = extras.get(key)
+            if value not in (None, ""):
+                return value
+        return default
+
+    def _set_base_url(self, connection: Any) -> None:
+        # A bare host means https, never http: credentials must not go out in cleartext by default.
+        host = (connection.host or "").strip()
+        if not host:
+            base = self.default_base_url
+        elif "://" in host:
+            base = host
+        else:
+            base = f"https://{host}"
+        parts = urlsplit(base.rstrip("/"))
+        if connection.port and not parts.port:
+            parts = parts._replace(netloc=f"{parts.hostname}:{connection.port}")
+        self.base_url = urlunsplit(parts)
+        self._base_url_initialized = True
+
+    def _extract_auth(self, connection: Any) -> Any:
+        # Never HTTP Basic: the login field holds a key id or tenant, not a Basic-auth user.
+        return _SigningAuth(self.auth_headers)
+
+    def _configure_session_from_extra(self, session: requests.Session, connection: Any, extra_options: Any):
+        # Extras hold webhook secrets and settings: none of them is a request header.
+        session.verify = bool(self._extra_of(connection, "verify", True))
+        return session
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """The hook's one HTTP session, built on first use and reused for every later call."""
+        if self._session is None:
+            self.connection  # noqa: B018 - load and mask secrets before the session exists
+            session = super().get_conn()
+            session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+            self._session = session
+        if headers:
+            self._session.headers.update(headers)
+        return self._session
+
+    def auth_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
+        """
+        The vendor's auth headers for one request.
+
+        :param method: the HTTP method.
+        :param path: the path and query of the final URL, e.g. ``/api/v1/chats/7/mark-read``.
+        :param body: the exact body bytes that will be sent (signatures cover them).
+        """
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the HTTP session; the hook opens a new one if used again."""
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # -- errors -----------------------------------------------------------------------------------
+
+    def parse_error_body(self, body: Any) -> tuple[str | None, str | None, bool | None]:
+        """
+        The vendor's error code, message and retryable flag from a JSON error body, where present.
+
+        Override per vendor; the base reads the common ``{"message": ...}`` and ``{"error": ...}``.
+        """
+        if isinstance(body, Mapping):
+            error = body.get("error")
+            if isinstance(error, Mapping):
+                return _text(error.get("code")), _text(error.get("message")), None
+            if isinstance(error, str):
+                return None, error, None
+            return _text(body.get("code")), _text(body.get("message") or body.get("detail")), None
+        return None, None, None
+
+    def _error_from_response(
+        self,
+        operation: str,
+        status: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        *,
+        idempotent: bool,
+    ) -> VendorAPIError:
+        try:
+            body: Any = json.loads(content) if content else None
+        except ValueError:
+            body = None
+        code, message, vendor_retryable = self.parse_error_body(body)
+        if not message:
+            snippet = content[:200].decode("utf-8", "replace").strip()
+            message = snippet or f"HTTP {status} with no body"
+        transient = status == 429 or (status >= 500 and status not in _PERMANENT_5XX)
+        retryable = transient if vendor_retryable is None else vendor_retryable
+        kwargs: dict[str, Any] = {
+            "vendor": self.vendor_name,
+            "operation": operation,
+            "status_code": status,
+            "code": code,
+            "message": message,
+            "retry_after": parse_retry_after(headers, body),
+            "trace_id": headers.get("X-Trace-ID") or headers.get("X-Request-ID"),
+        }
+        if not idempotent and status != 429 and retryable:
+            # A 5xx on a send: the vendor may have queued the message before failing.
+            return DeliveryUnknownError(retryable=False, **kwargs)
+        return VendorAPIError(retryable=retryable, **kwargs)
+
+    def _transport_error(self, operation: str, exc: Exception, *, idempotent: bool) -> VendorAPIError:
+        never_sent = _failed_before_sending(exc)
+        kwargs: dict[str, Any] = {
+            "vendor": self.vendor_name,
+            "operation": operation,
+            "status_code": None,
+            "message": _describe_transport_error(exc),
+        }
+        if idempotent or never_sent:
+            return VendorAPIError(retryable=True, **kwargs)
+        return DeliveryUnknownError(retryable=False, **kwargs)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _retry_policy(self) -> dict[str, Any]:
+        backoff = wait_exponential_jitter(initial=0.5, max=30, jitter=0.5)
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, VendorAPIError) and exc.retry_after is not None:
+                return exc.retry_after
+            return backoff(state)
+
+        def log_retry(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            sleep = state.next_action.sleep if state.next_action else 0.0
+            self.log.warning("%s; attempt %d, retrying in %.1fs", exc, state.attempt_number, sleep)
+
+        return {
+            "stop": stop_after_attempt(self.max_attempts) | stop_before_delay(self.retry_max_seconds),
+            "wait": wait,
+            "retry": retry_if_exception(lambda exc: isinstance(exc, VendorAPIError) and exc.retryable),
+            "before_sleep": log_retry,
+            "reraise": True,
+        }
+
+    def request(
+        self,
+        operation: str,
+        method: str,
+        endpoint: str,
+        *,
+        json_body: Any = None,
+        params: Mapping[str, Any] | None = None,
+        idempotent: bool,
+    ) -> Any:
+        """
+        Call the vendor and return the decoded JSON response (``None`` for an empty body).
+
+        :param operation: what is being done, for errors and logs, e.g. ``"mark_read"``.
+        :param method: the HTTP method.
+        :param endpoint: the path below the base URL.
+        :param json_body: the JSON body, if any.
+        :param params: query parameters.
+        :param idempotent: whether the call may be repeated safely. A call that is not is retried
+            only where the vendor surely did not act on it (connection refused, 429); otherwise
+            :class:`DeliveryUnknownError` is raised.
+        """
+        session = self.get_conn()
+        url = self.url_from_endpoint(endpoint)
+        data = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else None
+
+        for attempt in Retrying(**self._retry_policy()):
+            with attempt:
+                try:
+                    response = session.request(
+                        method, url, data=data, params=params, headers=headers, timeout=self.timeout
+                    )
+                except requests.RequestException as exc:
+                    raise self._transport_error(operation, exc, idempotent=idempotent) from None
+                self.log.debug("%s %s %s -> %s", self.vendor_name, method, endpoint, response.status_code)
+                if response.status_code >= 400:
+                    raise self._error_from_response(
+                        operation,
+                        response.status_code,
+                        response.headers,
+                        response.content,
+                        idempotent=idempotent,
+                    )
+                return _decode(response.content)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def arequest(
+        self, operation: str, method: str, endpoint: str, *, params: Mapping[str, Any] | None = None
+    ) -> Any:
+        """
+        The async twin of :meth:`request` for read-only calls, for use inside triggers.
+
+        Same connection, auth, retry policy and errors; never blocks the event loop.
+        """
+        import aiohttp
+        from yarl import URL
+
+        session = await self._aget_session()
+        url = URL(self.url_from_endpoint(endpoint))
+        if params:
+            url = url.with_query({k: str(v) for k, v in params.items()})
+
+        async for attempt in AsyncRetrying(**self._retry_policy()):
+            with attempt:
+                try:
+                    async with session.request(
+                        method, url, headers=self.auth_headers(method, url.raw_path_qs, b"")
+                    ) as response:
+                        content = await response.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    raise self._transport_error(operation, exc, idempotent=True) from None
+                if response.status >= 400:
+                    raise self._error_from_response(
+                        operation, response.status, response.headers, content, idempotent=True
+                    )
+                return _decode(content)
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _aget_session(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        if self._async_session is None or self._async_loop is not loop or self._async_session.closed:
+            if self._async_connection is None:
+                conn = await self.aget_connection(self.http_conn_id)
+                self._async_connection = self._adopt_connection(conn)
+                self._set_base_url(conn)
+            self._async_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(sock_connect=self.timeout, sock_read=self.timeout),
+                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+            )
+            self._async_loop = loop
+        return self._async_session
+
+    async def aclose(self) -> None:
+        """Close the async session opened by the ``a*`` methods."""
+        if self._async_session is not None:
+            await self._async_session.close()
+            self._async_session = None
+
+    # -- connection test --------------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """A read-only request that proves the credentials work; raises on failure. Per vendor."""
+        raise NotImplementedError
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Check the credentials with a read-only call that changes nothing at the vendor."""
+        try:
+            self.probe()
+        except (VendorAPIError, InvalidInputError, ValueError) as exc:
+            return False, str(exc)
+        return True, f"Connected to {self.vendor_name} at {self.base_url}"
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _decode(content: bytes) -> Any:
+    if not content:
+        return None
+    try:
+        return json.loads(content)
+    except ValueError:
+        return {"raw": content.decode("utf-8", "replace")}
+
+
+def _failed_before_sending(exc: BaseException) -> bool:
+    """Whether a transport error happened before any byte of the request reached the vendor."""
+    import aiohttp
+
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, aiohttp.ClientConnectorError)):
+        return True
+    if isinstance(exc, requests.exceptions.ConnectionError) and exc.args:
+        # NewConnectionError (refused) subclasses ConnectTimeoutError in urllib3 2.
+        reason = getattr(exc.args[0], "reason", exc.args[0])
+        return isinstance(reason, (ConnectTimeoutError, NameResolutionError))
+    return False
+
+
+def _describe_transport_error(exc: BaseException) -> str:
+    if isinstance(exc, (requests.exceptions.Timeout, asyncio.TimeoutError)):
+        return "the vendor did not answer in time"
+    if _failed_before_sending(exc):
+        return "could not connect to the vendor"
+    return f"the connection failed ({type(exc).__name__})"
