@@ -205,6 +205,32 @@ class DeliveryUnknownError(VendorAPIError):
         )
 
 
+class WebhookRejected(ReadReceiptsError):
+    """
+    A webhook the receiver refuses; ``status_code`` is the HTTP answer, ``str()`` the reason.
+
+    The reason is sent back to the caller, so it never quotes a secret.
+    """
+
+    status_code = 400
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class WebhookAuthError(WebhookRejected):
+    """The webhook did not prove it comes from the vendor (missing or wrong secret or signature)."""
+
+    status_code = 401
+
+
+class WebhookPayloadError(WebhookRejected):
+    """The webhook is authentic but its payload cannot be used (malformed JSON, missing fields)."""
+
+    status_code = 422
+
+
 def _rebuild_error(cls: type[VendorAPIError], state: dict[str, Any]) -> VendorAPIError:
     error = cls.__new__(cls)
     error.__dict__.update(state)

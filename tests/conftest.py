@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
 import os
+import pkgutil
 import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 # Airflow reads AIRFLOW_HOME when first imported: point it at a throwaway folder before that.
@@ -12,17 +16,29 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import pytest
 
-from tests.fakes.sendblue import SendblueFake
-from tests.fakes.server import VendorFakeServer
+import tests.fakes
+from tests.fakes.server import VendorFake, VendorFakeServer
 
-#: Every vendor fake the suite knows; later fakes register here.
-FAKES: list[type] = [SendblueFake]
+# Fixture modules (tests/fixtures_*.py) are loaded as plugins, so each part of the suite keeps its
+# fixtures in its own file.
+pytest_plugins = sorted(f"tests.{path.stem}" for path in Path(__file__).parent.glob("fixtures_*.py"))
+
+
+def vendor_fakes() -> list[type[VendorFake]]:
+    """Every vendor fake in tests/fakes/, one class per vendor module."""
+    found = []
+    for module_info in pkgutil.iter_modules(tests.fakes.__path__):
+        module = importlib.import_module(f"tests.fakes.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, VendorFake) and cls.__module__ == module.__name__ and cls.prefix:
+                found.append(cls)
+    return found
 
 
 @pytest.fixture(scope="session")
 def vendor_server() -> Iterator[VendorFakeServer]:
     """One loopback server hosting every vendor fake, for the whole session."""
-    with VendorFakeServer(*(fake() for fake in FAKES)) as server:
+    with VendorFakeServer(*(fake() for fake in vendor_fakes())) as server:
         yield server
 
 

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from airflow_provider_readreceipts.hooks.base import WebhookRequest
 from airflow_provider_readreceipts.hooks.sendblue import SendblueHook
-from airflow_provider_readreceipts.receipts import InvalidInputError, VendorAPIError
+from airflow_provider_readreceipts.receipts import (
+    InvalidInputError,
+    Status,
+    VendorAPIError,
+    WebhookAuthError,
+    WebhookPayloadError,
+)
 from tests.fakes import sendblue as fake
 
 CONTACT = "+14155551234"
@@ -134,3 +143,122 @@ def test_connection_without_credentials_is_refused(vendors, airflow_connection):
     with pytest.raises(InvalidInputError, match="API key id as login"):
         SendblueHook(sendblue_conn_id=conn_id).mark_read(number=CONTACT, from_number=fake.LINE)
     assert vendors.requests_to("sendblue") == []
+
+
+# -- webhooks ---------------------------------------------------------------------------------------
+
+
+def _webhook(body, headers=None) -> WebhookRequest:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return WebhookRequest(
+        conn_id="sb_test",
+        headers=headers if headers is not None else {"sb-signing-secret": "sb-webhook-secret-9"},
+        query={},
+        body=raw,
+        received_at=0.0,
+    )
+
+
+STATUS_WEBHOOK = {
+    "accountEmail": "demo@example.com",
+    "message_handle": "h-1",
+    "number": CONTACT,
+    "from_number": fake.LINE,
+    "status": "READ",
+    "date_updated": "2026-11-22T10:00:05.000Z",
+    "is_outbound": True,
+    "message_type": "message",
+    "service": "iMessage",
+    "surprise_field": {"kept": True},
+}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"sb-signing-secret": "wrong"}, {"x-webhook-secret": "sb-webhook-secret-9"}],
+)
+def test_webhook_without_the_right_secret_is_refused(hook, headers):
+    with pytest.raises(WebhookAuthError) as caught:
+        hook.verify_webhook(_webhook(STATUS_WEBHOOK, headers))
+    assert "sb-webhook-secret-9" not in str(caught.value)
+
+
+def test_webhook_secret_header_is_configurable(vendors, airflow_connection):
+    conn_id = airflow_connection(
+        "sb_hdr",
+        "sendblue",
+        login="k",
+        password="s",
+        extra={"webhook_secret": "abc123", "webhook_secret_header": "X-Webhook-Secret"},
+    )
+    hook = SendblueHook(sendblue_conn_id=conn_id)
+    hook.verify_webhook(_webhook(STATUS_WEBHOOK, {"x-webhook-secret": "abc123"}))
+    with pytest.raises(WebhookAuthError):
+        hook.verify_webhook(_webhook(STATUS_WEBHOOK, {"sb-signing-secret": "abc123"}))
+
+
+def test_status_webhook_is_normalised(hook):
+    hook.verify_webhook(_webhook(STATUS_WEBHOOK))
+    (event,) = hook.parse_webhook(_webhook(STATUS_WEBHOOK))
+
+    assert (event.vendor, event.conn_id, event.message_id) == ("sendblue", "sb_test", "h-1")
+    assert (event.status, event.raw_status, event.participant, event.chat_id) == (
+        Status.READ,
+        "READ",
+        "",
+        CONTACT,
+    )
+    assert event.occurred_at is not None and event.occurred_at.isoformat() == "2026-11-22T10:00:05+00:00"
+    assert event.payload["surprise_field"] == {"kept": True}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("PENDING", Status.QUEUED),
+        ("SUCCESS", Status.SENT),
+        ("DECLINED", Status.FAILED),
+        ("WOBBLY", Status.UNKNOWN),
+    ],
+)
+def test_status_ladder_mapping(hook, raw, expected):
+    (event,) = hook.parse_webhook(_webhook({**STATUS_WEBHOOK, "status": raw}))
+    assert (event.status, event.raw_status) == (expected, raw)
+
+
+def test_seed_payload_with_message_id_and_failure(hook):
+    body = {"message_id": "h-2", "status": "ERROR", "error_code": 4001, "error_message": "not iMessage"}
+    (event,) = hook.parse_webhook(_webhook(body))
+    assert (event.message_id, event.status, event.error_code, event.error_message) == (
+        "h-2",
+        Status.FAILED,
+        "4001",
+        "not iMessage",
+    )
+
+
+def test_group_read_names_the_reader(hook):
+    body = {**STATUS_WEBHOOK, "message_type": "group", "group_id": "g-9", "number": "+14155550000"}
+    (event,) = hook.parse_webhook(_webhook(body))
+    assert (event.participant, event.chat_id) == ("+14155550000", "g-9")
+
+
+def test_inbound_message(hook):
+    body = {
+        "message_handle": "in-1",
+        "is_outbound": False,
+        "number": CONTACT,
+        "content": "hello",
+        "status": "",
+    }
+    (event,) = hook.parse_webhook(_webhook(body))
+    assert (event.status, event.chat_id, event.is_inbound) == (Status.RECEIVED, CONTACT, True)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"{not json", b"\xff\xfe", b"[1, 2]", {"status": "READ"}, {"message_handle": "h", "status": None}],
+)
+def test_unusable_payloads_are_payload_errors(hook, body):
+    with pytest.raises(WebhookPayloadError):
+        hook.parse_webhook(_webhook(body))

@@ -12,9 +12,12 @@ one session lives as long as the hook.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,7 +43,9 @@ from airflow_provider_readreceipts import __version__
 from airflow_provider_readreceipts.receipts import (
     DeliveryUnknownError,
     InvalidInputError,
+    ReceiptEvent,
     VendorAPIError,
+    WebhookPayloadError,
 )
 
 if TYPE_CHECKING:
@@ -115,6 +120,72 @@ def parse_retry_after(
         # Unix seconds as RyzeAPI documents; small values are read as a delay in seconds.
         return max(reset_at - now, 0.0) if reset_at > 1_000_000_000 else max(reset_at, 0.0)
     return None
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """
+    A vendor timestamp as an aware UTC datetime: ISO 8601 text, or unix seconds or milliseconds.
+
+    Returns ``None`` for a missing or unreadable value (the event is still stored).
+    """
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, (int, float)):
+            seconds = value / 1000 if value > 100_000_000_000 else value
+            return datetime.fromtimestamp(seconds, tz=timezone.utc)
+        if isinstance(value, str):
+            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return None
+
+
+def secrets_equal(given: str | bytes | None, expected: str | bytes | None) -> bool:
+    """Compare a presented secret with the expected one in constant time; empty never matches."""
+    if not given or not expected:
+        return False
+    a = given.encode() if isinstance(given, str) else given
+    b = expected.encode() if isinstance(expected, str) else expected
+    return hmac.compare_digest(a, b)
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """
+    A webhook as the receiver got it, before any parsing.
+
+    :param conn_id: the connection named in the URL (``/webhooks/<conn_id>``).
+    :param headers: the request headers, names in lower case.
+    :param query: the query parameters.
+    :param body: the raw body bytes (signatures cover them).
+    :param received_at: unix time of receipt (signature windows count from it).
+    """
+
+    conn_id: str
+    headers: Mapping[str, str]
+    query: Mapping[str, str]
+    body: bytes
+    received_at: float
+
+    def json(self) -> Any:
+        """The body as JSON, or :class:`WebhookPayloadError` with a reason."""
+        try:
+            return json.loads(self.body)
+        except UnicodeDecodeError:
+            raise WebhookPayloadError("the body is not UTF-8 JSON") from None
+        except ValueError as exc:
+            raise WebhookPayloadError(f"the body is not valid JSON ({exc.args[0]})") from None
+        except RecursionError:
+            raise WebhookPayloadError("the body's JSON is nested too deeply") from None
+
+    def json_object(self) -> Mapping[str, Any]:
+        """The body as a JSON object, or :class:`WebhookPayloadError`."""
+        document = self.json()
+        if not isinstance(document, Mapping):
+            raise WebhookPayloadError("the body must be a JSON object")
+        return document
 
 
 class _SigningAuth(AuthBase):
@@ -450,6 +521,26 @@ class ReadReceiptsHook(HttpHook):
         if self._async_session is not None:
             await self._async_session.close()
             self._async_session = None
+
+    # -- inbound webhooks (used by the receiver) --------------------------------------------------
+
+    def verify_webhook(self, request: WebhookRequest) -> None:
+        """
+        Prove that a webhook comes from the vendor, or raise :class:`WebhookAuthError`.
+
+        Runs before the body is parsed. Compares secrets with :func:`secrets_equal`.
+        """
+        raise NotImplementedError
+
+    def parse_webhook(self, request: WebhookRequest) -> list[ReceiptEvent]:
+        """
+        Normalise a verified webhook into receipt events (none for events that carry no status).
+
+        Raise :class:`WebhookPayloadError` for a payload that cannot be used; never any other error.
+        Unknown statuses become ``Status.UNKNOWN`` with the raw value kept; unknown fields stay in
+        the payload.
+        """
+        raise NotImplementedError
 
     # -- connection test --------------------------------------------------------------------------
 

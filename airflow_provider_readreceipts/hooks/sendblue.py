@@ -10,8 +10,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook, normalize_e164, require_text
-from airflow_provider_readreceipts.receipts import InvalidInputError
+from airflow_provider_readreceipts.hooks.base import (
+    ReadReceiptsHook,
+    WebhookRequest,
+    normalize_e164,
+    parse_timestamp,
+    require_text,
+    secrets_equal,
+)
+from airflow_provider_readreceipts.receipts import (
+    InvalidInputError,
+    ReceiptEvent,
+    Status,
+    WebhookAuthError,
+    WebhookPayloadError,
+)
+
+STATUS_MAP: dict[str, Status] = {
+    **dict.fromkeys(("QUEUED", "PENDING", "REGISTERED", "ACCEPTED"), Status.QUEUED),
+    **dict.fromkeys(("SENT", "SUCCESS"), Status.SENT),
+    "DELIVERED": Status.DELIVERED,
+    "READ": Status.READ,
+    **dict.fromkeys(("ERROR", "FAILED", "DECLINED"), Status.FAILED),
+}
+DEFAULT_WEBHOOK_SECRET_HEADER = "sb-signing-secret"  # noqa: S105 - a header name, not a secret
 
 
 class SendblueHook(ReadReceiptsHook):
@@ -135,6 +157,55 @@ class SendblueHook(ReadReceiptsHook):
             "send_typing_indicator", "POST", "/api/send-typing-indicator", json_body=body, idempotent=True
         )
 
+    # -- webhooks ---------------------------------------------------------------------------------
+
+    def verify_webhook(self, request: WebhookRequest) -> None:
+        """
+        Sendblue signs nothing: it sends the configured secret itself in a header.
+
+        The header is ``sb-signing-secret`` unless the connection's ``webhook_secret_header`` says
+        otherwise (some set-ups use ``x-webhook-secret``).
+        """
+        expected = self.extra("webhook_secret")
+        if not expected:
+            raise WebhookAuthError(f"connection {self.sendblue_conn_id!r} has no webhook_secret configured")
+        header = str(self.extra("webhook_secret_header", DEFAULT_WEBHOOK_SECRET_HEADER)).lower()
+        if not secrets_equal(request.headers.get(header), expected):
+            raise WebhookAuthError(f"missing or wrong {header} header")
+
+    def parse_webhook(self, request: WebhookRequest) -> list[ReceiptEvent]:
+        """One event per webhook: a status change of an outbound message, or an inbound message."""
+        body = request.json_object()
+        # The docs name the id message_handle; older payloads (seed 001) call it message_id.
+        message_id = body.get("message_handle") or body.get("message_id")
+        if not isinstance(message_id, str) or not message_id:
+            raise WebhookPayloadError("message_handle is missing")
+        raw_status = body.get("status")
+        inbound = body.get("is_outbound") is False
+        if not inbound and (not isinstance(raw_status, str) or not raw_status):
+            raise WebhookPayloadError("status is missing")
+        status = Status.RECEIVED if inbound else STATUS_MAP.get(str(raw_status).upper(), Status.UNKNOWN)
+        group = body.get("message_type") == "group" or bool(body.get("group_id"))
+        number = _text(body.get("number")) or _text(
+            body.get("from_number") if inbound else body.get("to_number")
+        )
+        return [
+            ReceiptEvent(
+                vendor="sendblue",
+                conn_id=request.conn_id,
+                message_id=message_id,
+                status=status,
+                raw_status=str(raw_status or "RECEIVED"),
+                # In a group, each reader produces its own READ, naming the reader in `number`.
+                participant=number if group and status is Status.READ else "",
+                chat_id=(_text(body.get("group_id")) if group else number) or "",
+                occurred_at=parse_timestamp(body.get("date_updated") or body.get("date_sent")),
+                error_code=_text(body.get("error_code")),
+                error_message=_text(body.get("error_message")),
+                payload=body,
+            )
+        ]
+
     def probe(self) -> None:
         # A status look-up of a handle that cannot exist: 404 proves the credentials were accepted.
         try:
@@ -143,3 +214,7 @@ class SendblueHook(ReadReceiptsHook):
             if getattr(exc, "status_code", None) == 404:
                 return
             raise
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
