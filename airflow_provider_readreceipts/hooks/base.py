@@ -542,6 +542,21 @@ class ReadReceiptsHook(HttpHook):
         """
         raise NotImplementedError
 
+    # -- reconcile (used by the read sensor's trigger) --------------------------------------------
+
+    async def afetch_receipt_events(self, *, message_id: str, chat: str = "") -> list[ReceiptEvent]:
+        """
+        Ask the vendor's status API about one message; return what it says as receipt events.
+
+        For lost webhooks and for vendors (Chert) whose reads are only visible by polling. Async,
+        read-only; events carry the hook's ``conn_id``. Returns ``[]`` when the vendor knows
+        nothing newer than "sent".
+
+        :param message_id: the message id of the message reference.
+        :param chat: the conversation of the message reference (Chert needs the chat id).
+        """
+        raise NotImplementedError
+
     # -- connection test --------------------------------------------------------------------------
 
     def probe(self) -> None:

@@ -142,6 +142,27 @@ class SendblueHook(ReadReceiptsHook):
         handle = require_text(message_id, field="message_id")
         return await self.arequest("get_status", "GET", "/api/status", params={"handle": handle})
 
+    async def afetch_receipt_events(self, *, message_id: str, chat: str = "") -> list[ReceiptEvent]:
+        message = await self.aget_status(message_id)
+        raw_status = str((message or {}).get("status") or "")
+        status = STATUS_MAP.get(raw_status.upper(), Status.UNKNOWN)
+        if not raw_status:
+            return []
+        return [
+            ReceiptEvent(
+                vendor="sendblue",
+                conn_id=self.sendblue_conn_id,
+                message_id=message_id,
+                status=status,
+                raw_status=raw_status,
+                chat_id=_text(message.get("number")) or chat,
+                occurred_at=parse_timestamp(message.get("date_updated")),
+                error_code=_text(message.get("error_code")),
+                error_message=_text(message.get("error_message")),
+                payload=message,
+            )
+        ]
+
     def send_typing_indicator(self, *, number: str, from_number: str | None = None) -> dict[str, Any]:
         """
         Show the typing bubble to ``number``.
