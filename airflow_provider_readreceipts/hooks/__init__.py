@@ -22,7 +22,8 @@ def hook_class_for(conn_type: str | None) -> type[ReadReceiptsHook]:
     path = HOOK_CLASSES.get(conn_type or "")
     if path is None:
         raise KeyError(
-            f"connection type {conn_type!r} is not a read-receipts vendor; expected one of {sorted(HOOK_CLASSES)}"
+            f"connection type {conn_type!r} is not a read-receipts vendor; "
+            f"expected one of {sorted(HOOK_CLASSES)}"
         )
     module_name, _, class_name = path.rpartition(".")
     return getattr(importlib.import_module(module_name), class_name)
