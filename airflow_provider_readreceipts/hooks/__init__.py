@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
@@ -29,7 +29,8 @@ def hook_class_for(conn_type: str | None) -> type[ReadReceiptsHook]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def hook_for(conn_id: str, conn_type: str, **kwargs) -> ReadReceiptsHook:
+def hook_for(conn_id: str, conn_type: str, **kwargs: Any) -> ReadReceiptsHook:
     """A hook instance for ``conn_id`` of a known ``conn_type``."""
     cls = hook_class_for(conn_type)
-    return cls(**{cls.conn_name_attr: conn_id}, **kwargs)
+    arguments: dict[str, Any] = {cls.conn_name_attr: conn_id, **kwargs}
+    return cls(**arguments)
