@@ -7,150 +7,196 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PACKAGE = "airflow_provider_readreceipts"
-_HIDDEN_STANDARD_FIELDS = ["schema", "port"]
 
 
-def _secret(label: str, description: str) -> dict[str, Any]:
-    return {
-        "label": label,
-        "description": description,
-        "schema": {"type": ["string", "null"], "format": "password"},
-    }
+def _field(
+    label: str,
+    description: str,
+    *,
+    example: str | None = None,
+    default: str | None = None,
+    secret: bool = False,
+) -> dict[str, Any]:
+    """
+    One extra field of a connection form.
 
-
-def _text(label: str, description: str, default: str | None = None) -> dict[str, Any]:
+    The 3.3 UI shows ``examples`` as the field's hint (a pick list); secrets are masked, so they get
+    a description and no example value.
+    """
     schema: dict[str, Any] = {"type": ["string", "null"]}
+    if secret:
+        schema["format"] = "password"
+    if example is not None:
+        schema["examples"] = [example]
     if default is not None:
         schema["default"] = default
     return {"label": label, "description": description, "schema": schema}
 
 
-_RECEIVER_URL = _text(
-    "Receiver URL",
-    "Public URL of this connection's webhook receiver, e.g. https://airflow.example.com/readreceipts"
-    "/webhooks/<conn_id>. Send operators pass it to the vendor as the status callback.",
-)
+def _connection_type(
+    conn_type: str,
+    hook_class: str,
+    hook_name: str,
+    *,
+    hidden: list[str],
+    relabeling: dict[str, str],
+    placeholders: dict[str, str],
+    fields: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    # Older UIs read extra-field placeholders from ui-field-behaviour; the 3.3 UI reads examples.
+    for name, field in fields.items():
+        examples = field["schema"].get("examples")
+        if examples and name not in placeholders:
+            placeholders = {**placeholders, name: examples[0]}
+    return {
+        "connection-type": conn_type,
+        "hook-class-name": f"{_PACKAGE}.hooks.{hook_class}",
+        "hook-name": hook_name,
+        "ui-field-behaviour": {
+            "hidden-fields": ["schema", "port", *hidden],
+            "relabeling": relabeling,
+            "placeholders": placeholders,
+        },
+        "conn-fields": fields,
+    }
+
+
+def _receiver_url(conn_id: str) -> dict[str, Any]:
+    return _field(
+        "Receiver URL",
+        "Public URL of this connection's webhook receiver: <Airflow API server>/readreceipts/webhooks/"
+        "<conn_id>, or the standalone receiver's. Send operators give it to the vendor as the status "
+        "callback.",
+        example=f"https://airflow.example.com/readreceipts/webhooks/{conn_id}",
+    )
+
 
 # Declarative connection forms (Airflow 3.2+): the UI renders them without importing the hooks.
+# Extra names avoid the words Airflow masks by name ("secret", "token", "auth_header", ...) unless
+# the value really is a secret, so settings such as header names stay readable in the form.
 _CONNECTION_TYPES: list[dict[str, Any]] = [
-    {
-        "connection-type": "sendblue",
-        "hook-class-name": f"{_PACKAGE}.hooks.sendblue.SendblueHook",
-        "hook-name": "Sendblue (iMessage)",
-        "ui-field-behaviour": {
-            "hidden-fields": _HIDDEN_STANDARD_FIELDS,
-            "relabeling": {"host": "API base URL", "login": "API key ID", "password": "API secret key"},
-            "placeholders": {
-                "host": "https://api.sendblue.co (leave empty for the default)",
-                "login": "sb-api-key-id from the Sendblue dashboard",
-                "password": "sb-api-secret-key from the Sendblue dashboard",
-                "from_number": "+19175551234 (your Sendblue line, E.164)",
-                "webhook_secret": "the signing secret set on your Sendblue webhooks",
-                "webhook_secret_header": "sb-signing-secret",
-                "receiver_url": "https://airflow.example.com/readreceipts/webhooks/sendblue_default",
-            },
+    _connection_type(
+        "sendblue",
+        "sendblue.SendblueHook",
+        "Sendblue (iMessage)",
+        hidden=[],
+        relabeling={"host": "API base URL", "login": "API key ID", "password": "API secret key"},
+        placeholders={
+            "host": "https://api.sendblue.co (leave empty for the default)",
+            "login": "sb-api-key-id from the Sendblue dashboard",
+            "password": "sb-api-secret-key from the Sendblue dashboard",
         },
-        "conn-fields": {
-            "from_number": _text(
-                "Default from number", "Your Sendblue line in E.164, used when a task names none."
+        fields={
+            "from_number": _field(
+                "Default from number",
+                "Your Sendblue line in E.164, used when a task names none.",
+                example="+19175551234",
             ),
-            "webhook_secret": _secret(
-                "Webhook secret", "The secret Sendblue sends with every webhook; the receiver checks it."
+            "webhook_secret": _field(
+                "Webhook secret",
+                "The secret Sendblue sends with every webhook (set it on your Sendblue webhooks); the "
+                "receiver refuses webhooks without it.",
+                secret=True,
             ),
-            "webhook_secret_header": _text(
-                "Webhook secret header", "Header that carries the webhook secret.", "sb-signing-secret"
+            "webhook_header_name": _field(
+                "Webhook secret header",
+                "Header that carries the webhook secret.",
+                example="sb-signing-secret",
+                default="sb-signing-secret",
             ),
-            "receiver_url": _RECEIVER_URL,
+            "receiver_url": _receiver_url("sendblue_default"),
         },
-    },
-    {
-        "connection-type": "chert",
-        "hook-class-name": f"{_PACKAGE}.hooks.chert.ChertHook",
-        "hook-name": "Chert (iMessage)",
-        "ui-field-behaviour": {
-            "hidden-fields": _HIDDEN_STANDARD_FIELDS,
-            "relabeling": {
-                "host": "API base URL",
-                "login": "Tenant slug (HMAC mode)",
-                "password": "Signing secret or bearer token",
-            },
-            "placeholders": {
-                "host": "https://console.trychert.com/api/v1 (leave empty for the default)",
-                "login": "your-tenant (leave empty to use the secret as a bearer token)",
-                "password": "HMAC signing secret, or the bearer token",
-                "auth_mode": "hmac or bearer (default: hmac when a tenant is set)",
-                "webhook_secret": "the subscription secret of your Chert webhook",
-                "webhook_signature_header": "X-Webhook-Signature",
-            },
+    ),
+    _connection_type(
+        "chert",
+        "chert.ChertHook",
+        "Chert (iMessage)",
+        hidden=[],
+        relabeling={
+            "host": "API base URL",
+            "login": "Tenant slug (HMAC mode)",
+            "password": "Signing secret or bearer token",
         },
-        "conn-fields": {
-            "auth_mode": _text(
+        placeholders={
+            "host": "https://console.trychert.com/api/v1 (leave empty for the default)",
+            "login": "your-tenant (leave empty to use the secret as a bearer token)",
+            "password": "HMAC signing secret, or the bearer token",
+        },
+        fields={
+            "auth_mode": _field(
                 "Auth mode",
                 "hmac: sign each request with the secret (needs the tenant slug); bearer: send the "
                 "secret as a bearer token. Default: hmac when a tenant slug is set, else bearer.",
+                example="hmac",
             ),
-            "webhook_secret": _secret(
-                "Webhook secret", "The subscription secret Chert signs webhooks with (HMAC-SHA256)."
+            "webhook_secret": _field(
+                "Webhook secret",
+                "The subscription secret Chert signs webhooks with (HMAC-SHA256).",
+                secret=True,
             ),
-            "webhook_signature_header": _text(
+            "webhook_signature_header": _field(
                 "Webhook signature header",
                 "Header carrying the webhook signature. Chert's docs name both X-Webhook-Signature and "
                 "x-chert-signature; leave empty to accept either.",
+                example="X-Webhook-Signature",
             ),
         },
-    },
-    {
-        "connection-type": "ryze",
-        "hook-class-name": f"{_PACKAGE}.hooks.ryze.RyzeHook",
-        "hook-name": "RyzeAPI (WhatsApp)",
-        "ui-field-behaviour": {
-            "hidden-fields": [*_HIDDEN_STANDARD_FIELDS, "login"],
-            "relabeling": {"host": "API base URL", "password": "API token"},
-            "placeholders": {
-                "host": "https://ryzeapi.cloud (leave empty for the default)",
-                "password": "instance or account token",
-                "instance": "the name of your connected WhatsApp instance",
-                "auth_header": "token (or bearer)",
-                "webhook_authorization": "the authorization value set on your RyzeAPI webhook",
-            },
+    ),
+    _connection_type(
+        "ryze",
+        "ryze.RyzeHook",
+        "RyzeAPI (WhatsApp)",
+        hidden=["login"],
+        relabeling={"host": "API base URL", "password": "API token"},
+        placeholders={
+            "host": "https://ryzeapi.cloud (leave empty for the default)",
+            "password": "instance or account token",
         },
-        "conn-fields": {
-            "instance": _text("Instance", "The RyzeAPI instance (connected WhatsApp number); required."),
-            "auth_header": _text(
-                "Auth header",
-                "token: send a 'token' header (default); bearer: Authorization: Bearer.",
-                "token",
+        fields={
+            "instance": _field(
+                "Instance",
+                "The RyzeAPI instance (your connected WhatsApp number's instance name); required.",
+                example="my-instance",
             ),
-            "webhook_authorization": _secret(
+            "auth_scheme": _field(
+                "Token header",
+                "token: send the token in a 'token' header (default); bearer: Authorization: Bearer.",
+                example="token",
+                default="token",
+            ),
+            "webhook_authorization": _field(
                 "Webhook authorization",
                 "The static value RyzeAPI sends as the Authorization header of its webhooks.",
+                secret=True,
             ),
         },
-    },
-    {
-        "connection-type": "direct7",
-        "hook-class-name": f"{_PACKAGE}.hooks.direct7.Direct7Hook",
-        "hook-name": "Direct7 Networks (WhatsApp)",
-        "ui-field-behaviour": {
-            "hidden-fields": [*_HIDDEN_STANDARD_FIELDS, "login"],
-            "relabeling": {"host": "API base URL", "password": "API token"},
-            "placeholders": {
-                "host": "https://api.d7networks.com (leave empty for the default)",
-                "password": "the Direct7 API token (Bearer)",
-                "originator": "+97150000000 (your WhatsApp business number, E.164)",
-                "webhook_token": "a long random string; append ?token=<it> to the report URL",
-                "receiver_url": "https://airflow.example.com/readreceipts/webhooks/direct7_default",
-            },
+    ),
+    _connection_type(
+        "direct7",
+        "direct7.Direct7Hook",
+        "Direct7 Networks (WhatsApp)",
+        hidden=["login"],
+        relabeling={"host": "API base URL", "password": "API token"},
+        placeholders={
+            "host": "https://api.d7networks.com (leave empty for the default)",
+            "password": "the Direct7 API token (Bearer)",
         },
-        "conn-fields": {
-            "originator": _text("Originator", "Your WhatsApp business number in E.164, used to send."),
-            "webhook_token": _secret(
+        fields={
+            "originator": _field(
+                "Originator",
+                "Your WhatsApp business number in E.164, used to send.",
+                example="+971501234567",
+            ),
+            "webhook_token": _field(
                 "Webhook token",
-                "Direct7 signs nothing: the receiver accepts only reports carrying this token.",
+                "Direct7 signs nothing: the receiver accepts only reports carrying this token, as a "
+                "?token= query parameter (send operators add it to the report URL) or an "
+                "X-Webhook-Token header.",
+                secret=True,
             ),
-            "receiver_url": _RECEIVER_URL,
+            "receiver_url": _receiver_url("direct7_default"),
         },
-    },
+    ),
 ]
 
 

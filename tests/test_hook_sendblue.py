@@ -183,13 +183,13 @@ def test_webhook_without_the_right_secret_is_refused(hook, headers):
     assert "sb-webhook-secret-9" not in str(caught.value)
 
 
-def test_webhook_secret_header_is_configurable(vendors, airflow_connection):
+def test_webhook_header_name_is_configurable(vendors, airflow_connection):
     conn_id = airflow_connection(
         "sb_hdr",
         "sendblue",
         login="k",
         password="s",
-        extra={"webhook_secret": "abc123", "webhook_secret_header": "X-Webhook-Secret"},
+        extra={"webhook_secret": "abc123", "webhook_header_name": "X-Webhook-Secret"},
     )
     hook = SendblueHook(sendblue_conn_id=conn_id)
     hook.verify_webhook(_webhook(STATUS_WEBHOOK, {"x-webhook-secret": "abc123"}))

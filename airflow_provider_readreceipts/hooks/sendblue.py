@@ -184,13 +184,13 @@ class SendblueHook(ReadReceiptsHook):
         """
         Sendblue signs nothing: it sends the configured secret itself in a header.
 
-        The header is ``sb-signing-secret`` unless the connection's ``webhook_secret_header`` says
+        The header is ``sb-signing-secret`` unless the connection's ``webhook_header_name`` says
         otherwise (some set-ups use ``x-webhook-secret``).
         """
         expected = self.extra("webhook_secret")
         if not expected:
             raise WebhookAuthError(f"connection {self.sendblue_conn_id!r} has no webhook_secret configured")
-        header = str(self.extra("webhook_secret_header", DEFAULT_WEBHOOK_SECRET_HEADER)).lower()
+        header = str(self.extra("webhook_header_name", DEFAULT_WEBHOOK_SECRET_HEADER)).lower()
         if not secrets_equal(request.headers.get(header), expected):
             raise WebhookAuthError(f"missing or wrong {header} header")
 
