@@ -166,8 +166,41 @@ _CONNECTION_TYPES: list[dict[str, Any]] = [
             ),
             "webhook_authorization": _field(
                 "Webhook authorization",
-                "The static value RyzeAPI sends as the Authorization header of its webhooks.",
+                "The exact value RyzeAPI sends as the Authorization header of its webhooks, scheme "
+                "included (e.g. Bearer <secret>). Keep the webhook's byEvents option off.",
                 secret=True,
+            ),
+            # RyzeAPI does not document the layout of message.status data: these paths map it.
+            "webhook_message_id_path": _field(
+                "Webhook message id path",
+                "Dotted path from the webhook envelope to the message id (or list of ids); comma-"
+                "separated alternatives. Empty: data.messageId, data.messageIds, data.message_id, "
+                "data.id, data.ids, data.key.id.",
+                example="data.messageId",
+            ),
+            "webhook_status_path": _field(
+                "Webhook status path",
+                "Dotted path to the status (name or number). Empty: data.status, data.status_code, "
+                "data.ack, data.type.",
+                example="data.status",
+            ),
+            "webhook_chat_path": _field(
+                "Webhook chat path",
+                "Dotted path to the chat JID. Empty: data.chat.jid, data.chat, data.chatJid, "
+                "data.chat_jid, data.key.remoteJid, data.remoteJid, data.from.",
+                example="data.chat.jid",
+            ),
+            "webhook_participant_path": _field(
+                "Webhook participant path",
+                "Dotted path to the reader's JID in group chats. Empty: data.sender.jid, data.sender, "
+                "data.participant, data.key.participant.",
+                example="data.sender.jid",
+            ),
+            "webhook_timestamp_path": _field(
+                "Webhook timestamp path",
+                "Dotted path to the event time (ISO 8601 or unix). Empty: data.timestamp, "
+                "data.messageTimestamp, data.time.",
+                example="data.timestamp",
             ),
         },
     ),
@@ -193,6 +226,23 @@ _CONNECTION_TYPES: list[dict[str, Any]] = [
                 "?token= query parameter (send operators add it to the report URL) or an "
                 "X-Webhook-Token header.",
                 secret=True,
+            ),
+            "webhook_header_name": _field(
+                "Webhook token header",
+                "Header that may carry the webhook token instead of ?token=.",
+                example="x-webhook-token",
+                default="x-webhook-token",
+            ),
+            # Direct7 does not document its inbound (user-initiated) webhook: these name its fields.
+            "inbound_message_id_field": _field(
+                "Inbound message id field",
+                "Field of Direct7's inbound webhook holding the message id. Empty: message_id, msg_id or id.",
+                example="message_id",
+            ),
+            "inbound_sender_field": _field(
+                "Inbound sender field",
+                "Field of Direct7's inbound webhook holding the sender. Empty: from, sender or originator.",
+                example="from",
             ),
             "receiver_url": _receiver_url("direct7_default"),
         },

@@ -204,3 +204,10 @@ def test_errors_survive_pickling():
 def test_parse_retry_after(headers, body, expected):
     now = 1_000_000_010 if "X-RateLimit-Reset" in headers else 10
     assert parse_retry_after(headers, body, now=now) == expected
+
+
+def test_rate_limit_reset_counts_only_for_a_429():
+    # RyzeAPI sends X-RateLimit-Reset on every answer; a 503 must not wait for that window.
+    headers = {"X-RateLimit-Reset": "1000000060"}
+    assert parse_retry_after(headers, None, status=503, now=1_000_000_010) is None
+    assert parse_retry_after(headers, None, status=429, now=1_000_000_010) == 50.0

@@ -91,11 +91,16 @@ def require_text(value: Any, *, field: str) -> str:
 
 
 def parse_retry_after(
-    headers: Mapping[str, str], body: Any = None, *, now: float | None = None
+    headers: Mapping[str, str], body: Any = None, *, status: int = 429, now: float | None = None
 ) -> float | None:
     """
     Seconds a vendor asks us to wait: ``Retry-After`` (seconds or HTTP date), a ``retry_after``
-    field in the JSON body (top level or under ``error``), or ``X-RateLimit-Reset`` (unix seconds).
+    field in the JSON body (top level or under ``error``), or, for a 429 only, ``X-RateLimit-Reset``
+    (unix seconds).
+
+    :param status: the response's HTTP status. RyzeAPI sends ``X-RateLimit-Reset`` on every
+        response; it says when the rate-limit window reopens, which matters after a 429 only (a
+        503 must back off as usual, not wait up to a minute for an unrelated counter).
     """
     now = time.time() if now is None else now
     value = headers.get("Retry-After")
@@ -111,7 +116,7 @@ def parse_retry_after(
         for holder in (body, body.get("error")):
             if isinstance(holder, Mapping) and isinstance(holder.get("retry_after"), (int, float)):
                 return max(float(holder["retry_after"]), 0.0)
-    reset = headers.get("X-RateLimit-Reset")
+    reset = headers.get("X-RateLimit-Reset") if status == 429 else None
     if reset:
         try:
             reset_at = float(reset)
@@ -270,9 +275,17 @@ class ReadReceiptsHook(HttpHook):
     def _check_connection(self, conn: Connection) -> None:
         """Refuse a connection that lacks what the vendor needs; override per vendor."""
 
+    def _current_connection(self) -> Connection:
+        """
+        The loaded connection. Inside a trigger, the one the async path loaded: ``self.connection``
+        would look it up with a blocking call and stall the triggerer's event loop.
+        """
+        loaded = self.__dict__.get("connection") or self._async_connection
+        return loaded if loaded is not None else self.connection
+
     def extra(self, name: str, default: Any = None) -> Any:
         """A connection extra, as the 3.x form stores it or with the older ``extra__<type>__`` prefix."""
-        return self._extra_of(self.connection, name, default)
+        return self._extra_of(self._current_connection(), name, default)
 
     def _extra_of(self, conn: Connection, name: str, default: Any = None) -> Any:
         extras = conn.extra_dejson or {}
@@ -377,8 +390,10 @@ class ReadReceiptsHook(HttpHook):
             "status_code": status,
             "code": code,
             "message": message,
-            "retry_after": parse_retry_after(headers, body),
-            "trace_id": headers.get("X-Trace-ID") or headers.get("X-Request-ID"),
+            "retry_after": parse_retry_after(headers, body, status=status),
+            "trace_id": headers.get("X-Trace-ID")
+            or headers.get("X-Request-ID")
+            or (_text(body.get("trace_id")) if isinstance(body, Mapping) else None),
         }
         if not idempotent and status != 429 and retryable:
             # A 5xx on a send: the vendor may have queued the message before failing.

@@ -170,12 +170,6 @@ class ChertHook(ReadReceiptsHook):
                 where, "Chert's HMAC mode needs the tenant slug as login (or set auth_mode to bearer)"
             )
 
-    def _current_connection(self) -> Any:
-        # Inside a trigger the async path has already loaded the connection: use it rather than
-        # the blocking ``self.connection`` look-up, which would stall the triggerer's event loop.
-        loaded = self.__dict__.get("connection") or self._async_connection
-        return loaded if loaded is not None else self.connection
-
     def _set_base_url(self, connection: Any) -> None:
         super()._set_base_url(connection)
         parts = urlsplit(self.base_url)

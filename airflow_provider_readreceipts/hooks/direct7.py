@@ -104,12 +104,6 @@ class Direct7Hook(ReadReceiptsHook):
                 f"connection {conn.conn_id!r}", "Direct7 needs the API token as the password"
             )
 
-    def _current_connection(self) -> Any:
-        # Inside a trigger the async path has already loaded the connection: use it rather than
-        # the blocking ``self.connection`` look-up, which would stall the triggerer's event loop.
-        loaded = self.__dict__.get("connection") or self._async_connection
-        return loaded if loaded is not None else self.connection
-
     def auth_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._current_connection().password or ''}"}
 

@@ -67,7 +67,7 @@ class SendblueHook(ReadReceiptsHook):
             )
 
     def auth_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
-        conn = self.connection
+        conn = self._current_connection()
         return {"sb-api-key-id": conn.login or "", "sb-api-secret-key": conn.password or ""}
 
     def parse_error_body(self, body: Any) -> tuple[str | None, str | None, bool | None]:
