@@ -273,5 +273,12 @@ def get_provider_info() -> dict[str, Any]:
                 ("Direct7", "direct7"),
             )
         ],
+        "operators": [
+            {
+                "integration-name": name,
+                "python-modules": [f"{_PACKAGE}.operators.mark_read", f"{_PACKAGE}.operators.send_message"],
+            }
+            for name in ("Sendblue", "Chert", "RyzeAPI", "Direct7")
+        ],
         "connection-types": _CONNECTION_TYPES,
     }

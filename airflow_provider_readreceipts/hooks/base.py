@@ -415,7 +415,7 @@ class ReadReceiptsHook(HttpHook):
     # -- requests ---------------------------------------------------------------------------------
 
     def _retry_policy(self) -> dict[str, Any]:
-        backoff = wait_exponential_jitter(initial=0.5, max=30, jitter=0.5)
+        backoff = wait_exponential_jitter(multiplier=0.5, max=30, jitter=0.5)
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None

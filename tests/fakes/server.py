@@ -185,6 +185,9 @@ class _Server(ThreadingHTTPServer):
 def _make_handler(server: VendorFakeServer) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in separate writes; with Nagle on, each answer on a reused
+        # connection waits ~40 ms for the delayed ACK.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read server.requests
             pass
