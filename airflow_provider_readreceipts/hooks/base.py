@@ -249,6 +249,7 @@ class ReadReceiptsHook(HttpHook):
         self._async_session: aiohttp.ClientSession | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_connection: Connection | None = None
+        self._parsed_extras: tuple[Connection, dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} conn_id={self.http_conn_id!r}>"
@@ -288,7 +289,11 @@ class ReadReceiptsHook(HttpHook):
         return self._extra_of(self._current_connection(), name, default)
 
     def _extra_of(self, conn: Connection, name: str, default: Any = None) -> Any:
-        extras = conn.extra_dejson or {}
+        # extra_dejson parses and re-masks the JSON on every access; the receiver reads extras on
+        # every webhook, so keep the parsed form of the connection last seen.
+        if self._parsed_extras is None or self._parsed_extras[0] is not conn:
+            self._parsed_extras = (conn, conn.extra_dejson or {})
+        extras = self._parsed_extras[1]
         for key in (name, f"extra__{self.conn_type}__{name}"):
             value = extras.get(key)
             if value not in (None, ""):
