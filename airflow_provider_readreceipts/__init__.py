@@ -259,7 +259,7 @@ def get_provider_info() -> dict[str, Any]:
         "versions": [__version__],
         "integrations": [
             {"integration-name": name, "tags": ["service"]}
-            for name in ("Sendblue", "Chert", "RyzeAPI", "Direct7")
+            for name in ("Sendblue", "Chert", "RyzeAPI", "Direct7", "Read Receipts")
         ],
         "hooks": [
             {
@@ -279,6 +279,18 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [f"{_PACKAGE}.operators.mark_read", f"{_PACKAGE}.operators.send_message"],
             }
             for name in ("Sendblue", "Chert", "RyzeAPI", "Direct7")
+        ],
+        "sensors": [
+            {
+                "integration-name": "Read Receipts",
+                "python-modules": [f"{_PACKAGE}.sensors.read_receipt"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Read Receipts",
+                "python-modules": [f"{_PACKAGE}.triggers.read_receipt"],
+            }
         ],
         "connection-types": _CONNECTION_TYPES,
     }

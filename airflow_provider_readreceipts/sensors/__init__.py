@@ -1,0 +1,1 @@
+"""Sensors: wait for a message to be read (:mod:`.read_receipt`)."""

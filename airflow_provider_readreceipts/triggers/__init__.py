@@ -1,0 +1,1 @@
+"""Triggers: the deferred wait for a read receipt, and the event trigger for asset watchers."""

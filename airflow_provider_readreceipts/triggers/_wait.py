@@ -1,0 +1,230 @@
+"""
+What a wait for a read receipt decides, shared by the sensor (poke and reschedule modes) and the trigger.
+
+Pure functions over the store's view of one message: no I/O, nothing heavy imported, so the sensor
+module can use it at DAG-parse time and both modes reach the same verdict on the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from airflow_provider_readreceipts.receipts import InvalidInputError, Status
+
+#: The three outcomes a wait can end with; each is a normal, green end of the sensor task.
+OUTCOME_READ = "read"
+OUTCOME_UNREAD = "unread"
+OUTCOME_FAILED = "failed"
+OUTCOMES = (OUTCOME_READ, OUTCOME_UNREAD, OUTCOME_FAILED)
+#: Not an outcome: a fault of our own (store, configuration); the sensor fails the task on it.
+OUTCOME_ERROR = "error"
+
+#: Kinds of own faults, carried in an error event so the sensor can decide whether a retry may help.
+FAULT_STORE = "store_unreachable"
+FAULT_NO_SOURCE = "no_receiver"
+FAULT_CONFIGURATION = "bad_configuration"
+FAULT_INTERNAL = "internal"
+#: Faults a task retry cannot fix: the sensor fails without retrying.
+PERMANENT_FAULTS = frozenset({FAULT_CONFIGURATION, FAULT_NO_SOURCE})
+
+#: Vendors whose READ is only visible through their status API (no read webhook).
+RECONCILE_ONLY_VENDORS = frozenset({"chert"})
+
+
+class WaitFault(Exception):
+    """
+    A fault of our own that must fail the wait, never turn into "unread".
+
+    :param kind: one of the ``FAULT_*`` constants.
+    :param message: what went wrong and what to do about it.
+    """
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        self.message = message
+        super().__init__(message)
+
+    def to_event(self) -> dict[str, Any]:
+        return {"outcome": OUTCOME_ERROR, "kind": self.kind, "error": self.message}
+
+
+def as_utc(value: datetime | str, *, field: str) -> datetime:
+    """An aware UTC datetime from a datetime or ISO 8601 text; naive values are read as UTC."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise InvalidInputError(field, f"{value!r} is not an ISO 8601 date and time") from None
+    if not isinstance(value, datetime):
+        raise InvalidInputError(field, f"expected a datetime or ISO 8601 text, got {type(value).__name__}")
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def seconds(value: timedelta | float | int | None, *, field: str, allow_none: bool = False) -> float | None:
+    """A positive duration in seconds from a ``timedelta`` or a number."""
+    if value is None:
+        if allow_none:
+            return None
+        raise InvalidInputError(field, "is required")
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise InvalidInputError(field, f"must be a positive number of seconds or a timedelta, got {value!r}")
+    return float(value)
+
+
+def normalise_participant(name: Any) -> str:
+    """Participants are compared without spaces and case: vendors differ in how they write numbers."""
+    return "".join(str(name).split()).lower()
+
+
+@dataclass(frozen=True)
+class WaitPolicy:
+    """
+    Which reads end a wait on a group message.
+
+    :param kind: ``"any"``, ``"all"``, ``"count"`` or ``"named"``.
+    :param count: for ``"count"``: how many distinct readers.
+    :param names: for ``"named"`` (who must read) and ``"all"`` (everyone in the chat).
+    """
+
+    kind: str
+    count: int = 1
+    names: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, wait_for: Any, participants: Sequence[str] | None = None) -> WaitPolicy:
+        """
+        Read ``wait_for`` as the sensor accepts it.
+
+        :param wait_for: ``"any"``, ``"all"``, an int N (at least N readers), or a list of named
+            participants who must all read.
+        :param participants: everyone in the chat; ``"all"`` needs it (the store only knows who read).
+        """
+        if isinstance(wait_for, str) and wait_for.strip().lower() == "any":
+            return cls("any")
+        if isinstance(wait_for, str) and wait_for.strip().lower() == "all":
+            if not participants:
+                raise InvalidInputError(
+                    "wait_for",
+                    '"all" needs the chat\'s participants: pass participants=[...] (the store only '
+                    "knows who has read, not who is in the chat)",
+                )
+            return cls("all", names=_names(participants, field="participants"))
+        if isinstance(wait_for, str) and wait_for.strip().isdigit():
+            wait_for = int(wait_for.strip())
+        if isinstance(wait_for, int) and not isinstance(wait_for, bool):
+            if wait_for < 1:
+                raise InvalidInputError("wait_for", f"a number of readers must be at least 1, got {wait_for}")
+            return cls("count", count=wait_for)
+        if isinstance(wait_for, (list, tuple)):
+            return cls("named", names=_names(wait_for, field="wait_for"))
+        raise InvalidInputError(
+            "wait_for",
+            f'expected "any", "all", a number of readers or a list of participants; got {wait_for!r}',
+        )
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """JSON-friendly form for trigger kwargs."""
+        return {"kind": self.kind, "count": self.count, "names": list(self.names)}
+
+    @classmethod
+    def from_kwargs(cls, data: Mapping[str, Any]) -> WaitPolicy:
+        return cls(str(data["kind"]), int(data.get("count", 1)), tuple(data.get("names") or ()))
+
+    def satisfied(self, readers: Sequence[str]) -> bool:
+        """Whether the readers seen so far end the wait (called only once the message is READ)."""
+        if self.kind == "any":
+            return True
+        # A one-to-one chat's READ names no participant: it still is one reader.
+        seen = {normalise_participant(r) for r in readers if r} or {""}
+        if self.kind == "count":
+            return len(seen) >= self.count
+        return set(self.names) <= seen
+
+
+def _names(values: Sequence[Any], *, field: str) -> tuple[str, ...]:
+    names = tuple(sorted({normalise_participant(v) for v in values if str(v).strip()}))
+    if not names:
+        raise InvalidInputError(field, "the list of participants is empty")
+    return names
+
+
+def attribute(status: Any, name: str, default: Any = None) -> Any:
+    """A field of a store status row, whether the store hands out objects or mappings."""
+    if status is None:
+        return default
+    if isinstance(status, Mapping):
+        return status.get(name, default)
+    return getattr(status, name, default)
+
+
+def verdict(status: Any, policy: WaitPolicy) -> str | None:
+    """``"read"`` or ``"failed"`` when the store's status of a message ends the wait, else ``None``."""
+    if status is None:
+        return None
+    current = str(attribute(status, "status", ""))
+    if current == Status.FAILED.value:
+        return OUTCOME_FAILED
+    if current == Status.READ.value and policy.satisfied(list(attribute(status, "readers", None) or [])):
+        return OUTCOME_READ
+    return None
+
+
+def _iso(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return as_utc(value, field="timestamp").isoformat()
+    return str(value)
+
+
+def result(
+    outcome: str,
+    status: Any,
+    *,
+    vendor: str,
+    conn_id: str,
+    message_id: str,
+    chat: str,
+    sent_at: str | None,
+    deadline: datetime,
+    checked_at: datetime,
+    note: str | None = None,
+) -> dict[str, Any]:
+    """
+    The sensor's XCom value: everything a downstream branch needs, JSON-serialisable.
+
+    ``outcome`` is ``"read"``, ``"unread"`` (deadline passed) or ``"failed"`` (the vendor's reason in
+    ``failure_reason``).
+    """
+    read_at = attribute(status, "read_at")
+    time_to_read: float | None = None
+    if outcome == OUTCOME_READ and read_at is not None and sent_at:
+        read_dt = as_utc(read_at, field="read_at") if isinstance(read_at, (str, datetime)) else None
+        if read_dt is not None:
+            time_to_read = max((read_dt - as_utc(sent_at, field="sent_at")).total_seconds(), 0.0)
+    raw_status = attribute(status, "status")
+    failed = outcome == OUTCOME_FAILED
+    return {
+        "outcome": outcome,
+        "status": None if raw_status is None else str(raw_status),
+        "raw_status": attribute(status, "raw_status"),
+        "read_at": _iso(read_at),
+        "time_to_read_seconds": time_to_read,
+        "readers": list(attribute(status, "readers", None) or []),
+        "learned_via": attribute(status, "source"),
+        "vendor": vendor,
+        "conn_id": conn_id,
+        "message_id": message_id,
+        "chat": chat,
+        "sent_at": sent_at,
+        "deadline": deadline.isoformat(),
+        "checked_at": checked_at.isoformat(),
+        "failure_code": (attribute(status, "failed_code") or None) if failed else None,
+        "failure_reason": (attribute(status, "failed_reason") or None) if failed else None,
+        "note": note,
+    }
