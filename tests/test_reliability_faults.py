@@ -179,7 +179,7 @@ def build_operator(vendor: str, operation: str, conn_id: str, vendors: VendorFak
         if vendor == "sendblue":
             return SendblueMarkReadOperator(task_id="t", number=CONTACT, sendblue_conn_id=conn_id)
         if vendor == "chert":
-            chert = vendors.fakes["chert"]
+            chert: Any = vendors.fakes["chert"]
             chat_id = chert.add_chat(CONTACT)
             chert.add_inbound(chat_id)
             return ChertMarkReadOperator(task_id="t", chat_id=chat_id, chert_conn_id=conn_id)
@@ -187,7 +187,8 @@ def build_operator(vendor: str, operation: str, conn_id: str, vendors: VendorFak
             return RyzeMarkReadOperator(
                 task_id="t", number=WA_CONTACT, message_id="3EB0F00D", ryze_conn_id=conn_id
             )
-        message_id = vendors.fakes["direct7"].add_inbound(sender=WA_CONTACT)
+        direct7: Any = vendors.fakes["direct7"]
+        message_id = direct7.add_inbound(sender=WA_CONTACT)
         return Direct7MarkReadOperator(task_id="t", message_id=message_id, direct7_conn_id=conn_id)
     if vendor == "sendblue":
         return SendblueSendMessageOperator(
