@@ -594,6 +594,11 @@ def validate_events(events: Iterable[ReceiptEvent]) -> None:
             raise InvalidInputError("payload", f"must be a mapping, not {type(event.payload).__name__}")
 
 
+def check_source(source: str) -> None:
+    """Refuse a ``source`` no database can store, as :func:`validate_events` does for events."""
+    _check_text("source", source)
+
+
 def _check_text(name: str, value: Any) -> None:
     if type(value) is not str and not isinstance(value, str):
         raise InvalidInputError(name, f"must be a string, not {type(value).__name__}")
@@ -648,11 +653,10 @@ _PAYLOAD_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
 
 def _sqlite_timestamp(value: datetime) -> str:
     """A timestamp as SQLAlchemy's SQLite ``DateTime`` stores it (naive UTC, sortable text)."""
-    value = _as_utc(value)
-    return (
-        f"{value.year:04d}-{value.month:02d}-{value.day:02d} "
-        f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}.{value.microsecond:06d}"
-    )
+    if value.tzinfo is not None:
+        # The standard library's own methods, also on subclasses (pendulum's are slower Python).
+        value = datetime.replace(datetime.astimezone(value, timezone.utc), tzinfo=None)
+    return datetime.isoformat(value, " ", "microseconds")
 
 
 def _postgres_timestamp(value: datetime) -> str:
@@ -702,27 +706,30 @@ def _json_rows(dialect_name: str, table: sa.Table, names: Sequence[str]) -> sa.S
 
 
 @functools.cache
-def _events_insert(dialect_name: str) -> Any:
+def _events_insert(dialect_name: str, *, returning: bool = True) -> Any:
     """
-    ``INSERT INTO rr_events ... ON CONFLICT DO NOTHING RETURNING`` the inserted rows' ids and keys.
+    ``INSERT INTO rr_events ... ON CONFLICT DO NOTHING RETURNING`` the inserted rows' ids and keys
+    (without ``RETURNING`` when ``returning`` is false; see :func:`_insert_events`).
 
     No conflict target: a clash on either unique index (the event key, or the vendor's event id)
     makes the row a duplicate. Rows are inserted in the order given, so ids grow in that order and
     the first of several equal keys in one batch is the one stored. Built once per dialect.
     """
     columns = events_table.c
-    return (
+    statement = (
         _insert(dialect_name, events_table)
         .from_select(_EVENT_COLUMNS, _json_rows(dialect_name, events_table, _EVENT_COLUMNS))
         .on_conflict_do_nothing()
-        .returning(
-            columns.id,
-            columns.conn_id,
-            columns.message_id,
-            columns.dedup_status,
-            columns.participant,
-            columns.event_id,
-        )
+    )
+    if not returning:
+        return statement
+    return statement.returning(
+        columns.id,
+        columns.conn_id,
+        columns.message_id,
+        columns.dedup_status,
+        columns.participant,
+        columns.event_id,
     )
 
 
@@ -838,6 +845,35 @@ def _fold_messages(
     return list(folded.values())
 
 
+_SQLITE_LAST_EVENT_ID = sa.text("SELECT seq FROM sqlite_sequence WHERE name = 'rr_events'")
+_SQLITE_EVENTS_AFTER = sa.text(
+    "SELECT json_group_array(json_array(id, conn_id, message_id, dedup_status, participant, event_id))"
+    " FROM rr_events WHERE id > :after"
+)
+
+
+def _insert_events(conn: Connection, rows_json: str) -> Iterable[Sequence[Any]]:
+    """
+    Insert the event rows; return ``(id, conn_id, message_id, dedup_status, participant, event_id)``
+    of each row actually inserted (duplicates are skipped by ``ON CONFLICT DO NOTHING``).
+
+    PostgreSQL returns them through ``RETURNING``. On SQLite, Python's driver steps a ``RETURNING``
+    statement once per row and lets go of the GIL at every step: with the event loop thread busy,
+    each step may wait out a whole GIL switch interval (5 ms), which made the writer's commits, not
+    CPU, the receiver's limit. So SQLite reads the new rows back as one JSON value instead: the
+    transaction holds SQLite's write lock (``BEGIN IMMEDIATE``), and ``AUTOINCREMENT`` ids only
+    grow, so the rows with an id above the sequence read before the insert are exactly this
+    statement's.
+    """
+    dialect_name = conn.dialect.name
+    if dialect_name == "postgresql":
+        return conn.execute(_events_insert(dialect_name), {"rows": rows_json}).tuples()
+    after = conn.execute(_SQLITE_LAST_EVENT_ID).scalar() or 0
+    conn.execute(_events_insert(dialect_name, returning=False), {"rows": rows_json})
+    inserted = conn.execute(_SQLITE_EVENTS_AFTER, {"after": after}).scalar()
+    return json.loads(inserted) if inserted else []
+
+
 def _write_entries(conn: Connection, entries: Sequence[tuple[ReceiptEvent, str]]) -> list[bool]:
     """
     Store ``entries`` (event, source) in the caller's transaction; ``True`` per newly stored event.
@@ -884,9 +920,8 @@ def _write_entries(conn: Connection, entries: Sequence[tuple[ReceiptEvent, str]]
             ]
         )
     stored: dict[tuple[_EventKey, str], int] = {}
-    for returned in conn.execute(_events_insert(dialect_name), {"rows": json.dumps(rows)}):
-        key = (returned.conn_id, returned.message_id, returned.dedup_status, returned.participant)
-        stored[(key, returned.event_id)] = returned.id
+    for row_id, *key_fields, event_id in _insert_events(conn, json.dumps(rows)):
+        stored[(tuple(key_fields), event_id)] = row_id
     flags: list[bool] = []
     new_events: list[tuple[ReceiptEvent, Status, str, int]] = []
     for (event, source), key, status in zip(entries, keys, statuses, strict=True):
@@ -1230,7 +1265,7 @@ class ReceiptStore:
         :raises InvalidInputError: an event no database could store (nothing is written).
         """
         validate_events(events)
-        _check_text("source", source)
+        check_source(source)
         return self.record_entries([(event, source) for event in events])
 
     def record_entries(self, entries: Sequence[tuple[ReceiptEvent, str]]) -> list[bool]:
@@ -1468,7 +1503,7 @@ class BatchWriter:
     def _enqueue(self, events: Sequence[ReceiptEvent], source: str) -> concurrent.futures.Future[list[bool]]:
         events = list(events)
         validate_events(events)
-        _check_text("source", source)
+        check_source(source)
         future: concurrent.futures.Future[list[bool]] = concurrent.futures.Future()
         if not events:
             future.set_result([])
