@@ -54,6 +54,7 @@ from airflow_provider_readreceipts.webhooks import install_access_log_redaction
 if TYPE_CHECKING:
     from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
     from airflow_provider_readreceipts.hooks.store import BatchWriter, ReceiptStore
+    from airflow_provider_readreceipts.webhooks.writer_process import WriterProcess
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -207,6 +208,10 @@ class Receiver:
     :param heartbeat_seconds: time between heartbeats.
     :param commit_timeout: seconds a request waits for its commit before answering 503.
     :param hand_off_size: events handed to the batch writer at once at most (see :meth:`record`).
+    :param writer_process: commit in a child process
+        (:class:`~airflow_provider_readreceipts.webhooks.writer_process.WriterProcess`) instead of a
+        thread of this process: what the standalone receiver does, since a writer thread competes
+        with the event loop for the GIL.
     """
 
     def __init__(
@@ -218,15 +223,17 @@ class Receiver:
         heartbeat_seconds: float = HEARTBEAT_SECONDS,
         commit_timeout: float = COMMIT_TIMEOUT_SECONDS,
         hand_off_size: int = HAND_OFF_SIZE,
+        writer_process: bool = False,
     ) -> None:
         self.hand_off_size = hand_off_size
+        self.writer_process = writer_process
         self.store = store
         self._store_factory = store_factory
         self._owns_store = store is None
         self.receiver_id = receiver_id or default_receiver_id()
         self.heartbeat_seconds = heartbeat_seconds
         self.commit_timeout = commit_timeout
-        self.writer: BatchWriter | None = None
+        self.writer: BatchWriter | WriterProcess | None = None
         self.last_heartbeat_error: str | None = None
         self._ready_lock = asyncio.Lock()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -250,28 +257,43 @@ class Receiver:
         if self._submitting:
             await asyncio.gather(*self._submitting, return_exceptions=True)
         if self.writer is not None:
-            # stop() commits what is queued and joins the writer thread: not on the event loop.
-            await asyncio.to_thread(self.writer.stop)
+            await _stop_writer(self.writer)
             self.writer = None
         if self._owns_store and self.store is not None:
             await asyncio.to_thread(self.store.close)
             self.store = None
 
-    async def ready_writer(self) -> BatchWriter:
-        """The running batch writer; opens and migrates the store first if that has not succeeded."""
-        if self.writer is not None:
+    async def ready_writer(self) -> BatchWriter | WriterProcess:
+        """
+        The running batch writer; opens and migrates the store first if that has not succeeded, and
+        replaces a writer that died (a writer process that was killed, say).
+        """
+        if self.writer is not None and self.writer.running:
             return self.writer
         async with self._ready_lock:
+            if self.writer is not None and not self.writer.running:
+                log.warning("The batch writer stopped; starting a new one")
+                await _stop_writer(self.writer)
+                self.writer = None
             if self.writer is None:
-                from airflow_provider_readreceipts.hooks.store import BatchWriter
-
                 store = await self._ready_store()
                 await asyncio.to_thread(store.migrate)
-                writer = BatchWriter(store)
-                writer.start()
-                self.writer = writer
+                self.writer = await self._start_writer(store)
                 log.info("Receiving webhooks into %s as %s", store.url_for_display, self.receiver_id)
         return self.writer
+
+    async def _start_writer(self, store: ReceiptStore) -> BatchWriter | WriterProcess:
+        if self.writer_process:
+            from airflow_provider_readreceipts.webhooks.writer_process import WriterProcess
+
+            process = WriterProcess(store.url.render_as_string(hide_password=False))
+            await process.start()
+            return process
+        from airflow_provider_readreceipts.hooks.store import BatchWriter
+
+        thread = BatchWriter(store)
+        thread.start()
+        return thread
 
     async def _ready_store(self) -> ReceiptStore:
         if self.store is None:
@@ -310,7 +332,7 @@ class Receiver:
             loop.call_soon(self._flush, writer)
         return await waiter
 
-    def _flush(self, writer: BatchWriter) -> None:
+    def _flush(self, writer: BatchWriter | WriterProcess) -> None:
         if not self._pending:
             return
         batch, self._pending = self._pending, []
@@ -318,7 +340,9 @@ class Receiver:
         self._submitting.add(task)
         task.add_done_callback(self._submitting.discard)
 
-    async def _submit(self, writer: BatchWriter, batch: list[tuple[list[ReceiptEvent], _Waiter]]) -> None:
+    async def _submit(
+        self, writer: BatchWriter | WriterProcess, batch: list[tuple[list[ReceiptEvent], _Waiter]]
+    ) -> None:
         events = [event for request_events, _ in batch for event in request_events]
         try:
             # On timeout the wait is cancelled, not the commit: the writer still stores the events
@@ -360,6 +384,16 @@ class Receiver:
             await self._beat_once()
 
 
+async def _stop_writer(writer: BatchWriter | WriterProcess) -> None:
+    """Commit what the writer holds and stop it (a thread is joined off the event loop)."""
+    from airflow_provider_readreceipts.hooks.store import BatchWriter
+
+    if isinstance(writer, BatchWriter):
+        await asyncio.to_thread(writer.stop)
+    else:
+        await writer.stop()
+
+
 def default_receiver_id() -> str:
     """``<host>/<pid>/<random>``: unique per process, readable in the store's heartbeat table."""
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
@@ -375,6 +409,7 @@ def create_app(
     heartbeat_seconds: float = HEARTBEAT_SECONDS,
     connection_cache_seconds: float = CONNECTION_CACHE_SECONDS,
     commit_timeout: float = COMMIT_TIMEOUT_SECONDS,
+    writer_process: bool = False,
 ) -> FastAPI:
     """
     Build the receiver app. Nothing is opened here: the store is opened and migrated at startup.
@@ -390,6 +425,7 @@ def create_app(
     :param heartbeat_seconds: time between heartbeats.
     :param connection_cache_seconds: how long a resolved connection and its secret are reused.
     :param commit_timeout: seconds a webhook waits for its commit before the answer is 503.
+    :param writer_process: commit in a child process instead of a thread (see :class:`Receiver`).
     """
     receiver = Receiver(
         store=store,
@@ -397,6 +433,7 @@ def create_app(
         receiver_id=receiver_id,
         heartbeat_seconds=heartbeat_seconds,
         commit_timeout=commit_timeout,
+        writer_process=writer_process,
     )
 
     @asynccontextmanager
