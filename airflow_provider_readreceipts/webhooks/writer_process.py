@@ -35,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_readreceipts.receipts import InvalidInputError, ReceiptEvent
+from airflow_provider_readreceipts.receipts import InvalidInputError, ReceiptEvent, Status
 
 if TYPE_CHECKING:
     from airflow_provider_readreceipts.hooks.store import ReceiptStore
@@ -143,7 +143,7 @@ class WriterProcess:
         handoff_id = next(self._ids)
         future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
         self._pending[handoff_id] = future
-        self._writer.write(_frame(("write", handoff_id, [(event, source) for event in events])))
+        self._writer.write(_frame(("write", handoff_id, source, [_fields_of(event) for event in events])))
         return await future
 
     async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
@@ -209,6 +209,29 @@ class WriterProcess:
                 future.set_exception(WriterProcessError(reason))
 
 
+def _fields_of(event: ReceiptEvent) -> tuple[Any, ...]:
+    """An event as a tuple of plain values: pickled in half the time of the dataclass."""
+    return (
+        event.vendor,
+        event.conn_id,
+        event.message_id,
+        event.status.value,
+        event.raw_status,
+        event.participant,
+        event.chat_id,
+        event.occurred_at,
+        event.event_id,
+        event.error_code,
+        event.error_message,
+        event.payload,
+    )
+
+
+def _event_from(fields: tuple[Any, ...]) -> ReceiptEvent:
+    vendor, conn_id, message_id, status, *rest = fields
+    return ReceiptEvent(vendor, conn_id, message_id, Status(status), *rest)
+
+
 # -- the child --------------------------------------------------------------------------------------
 
 
@@ -243,6 +266,7 @@ class _FrameReader:
 def _commit(store: ReceiptStore, handoffs: list[tuple[int, list[tuple[ReceiptEvent, str]]]]) -> list[Any]:
     """Commit hand-offs together (each alone if that fails); one reply per hand-off."""
     entries = [entry for _, handoff in handoffs for entry in handoff]
+    replies: list[Any] = []
     try:
         flags = store.record_entries(entries)
     except Exception as error:
@@ -251,14 +275,12 @@ def _commit(store: ReceiptStore, handoffs: list[tuple[int, list[tuple[ReceiptEve
         log.warning(
             "Group commit of %d hand-offs failed (%s); committing them one by one", len(handoffs), error
         )
-        replies: list[Any] = []
         for handoff_id, handoff in handoffs:
             try:
                 replies.append(("done", handoff_id, store.record_entries(handoff)))
             except Exception as single_error:
                 replies.append(_failure_reply(handoff_id, single_error))
         return replies
-    replies: list[Any] = []
     offset = 0
     for handoff_id, handoff in handoffs:
         replies.append(("done", handoff_id, flags[offset : offset + len(handoff)]))
@@ -319,7 +341,10 @@ def serve(sock: socket.socket) -> int:
             if not queued:
                 queued = frames.read(wait=True)
             queued += frames.read(wait=False)
-            handoffs = [(frame[1], frame[2]) for frame in queued if frame[0] == "write"]
+            handoffs = [
+                (handoff_id, [(_event_from(fields), source) for fields in events])
+                for kind, handoff_id, source, events in (frame for frame in queued if frame[0] == "write")
+            ]
             stopping = frames.closed or any(frame[0] == "stop" for frame in queued)
             queued = []
             replies: list[Any] = []
