@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -112,6 +113,12 @@ class ChildProcess:
         """Ask the process to stop (SIGTERM); :meth:`stop` waits for it."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL the whole session (the process and its children), as a crash would; wait for it."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(30)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -363,14 +370,17 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def airflow_cluster(
-    fresh_postgres_database: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    fresh_postgres_database: Callable[[str], str],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Cluster]:
     """
     Airflow's API server, scheduler (LocalExecutor), triggerer and DAG processor on a fresh PostgreSQL
     metadata database, parsing ``example_dags/``, with a sandbox, a receiver and a PostgreSQL store.
 
     The API server is needed: LocalExecutor's workers run tasks through its execution API. Log
-    serving is off (``--skip-serve-logs``), so no fixed port is taken on a shared machine.
+    serving is off (``--skip-serve-logs``), so no fixed port is taken on a shared machine. A test
+    module may set ``CLUSTER_FATE_DELAY`` (seconds from a send to its read or failure; default 20).
     """
     home = tmp_path_factory.mktemp("airflow-cluster")
     metadata_url = fresh_postgres_database("meta")
@@ -383,11 +393,12 @@ def airflow_cluster(
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "READRECEIPTS"))}
     # Slow fates (reads and failures 20 s after the send), so that every wait is deferred before
     # its message is read or fails, however slowly the tasks start.
+    fate_delay = str(getattr(request.module, "CLUSTER_FATE_DELAY", 20))
     sandbox, sandbox_url = start_sandbox(
         receiver_url=receiver.url("/webhooks"),
         log_path=home / "sandbox.log",
         env=base_env,
-        arguments=["--deliver-delay", "2", "--read-delay", "20", "--fail-delay", "20"],
+        arguments=["--deliver-delay", "2", "--read-delay", fate_delay, "--fail-delay", fate_delay],
     )
     processes: dict[str, ChildProcess] = {"sandbox": sandbox}
     try:
