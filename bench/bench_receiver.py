@@ -13,7 +13,10 @@ with a new message id per request, so every request stores a new event. Only loo
 Targets, each served by uvicorn with one worker, no access log, the same event loop and HTTP parser:
 
 * ``bare``: a FastAPI endpoint at the same path that reads the body and answers 200, storing nothing;
-* ``sqlite``: the receiver (``readreceipts-webhooks``) on a SQLite file (WAL, ``synchronous=FULL``);
+* ``sqlite``: the receiver (``readreceipts-webhooks``) on a SQLite file (WAL, ``synchronous=FULL``),
+  committing in its writer process (the default);
+* ``sqlite, writer thread``: the same with ``--writer thread`` (commits in a thread of the worker,
+  sharing the event loop's GIL), for comparison;
 * ``postgresql``: the receiver on the local PostgreSQL (``synchronous_commit=on``).
 
 Runs are interleaved (bare, sqlite, postgresql, bare, ...) and the median of the rounds is reported.
@@ -195,9 +198,28 @@ def stop(target: Target) -> None:
 
 
 def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """
+    User plus system CPU time so far of a process and every process below it (Linux ``/proc``):
+    the receiver's writer process is part of the receiver's cost.
+    """
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, of in parents.items() if of == parent and child not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(member, 0.0) for member in tree)
 
 
 def run_wrk(
@@ -318,7 +340,7 @@ def drop_schema(schema: str) -> None:
         admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def receiver_command(port: int, store_url: str) -> list[str]:
+def receiver_command(port: int, store_url: str, *, writer: str = "process") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -327,6 +349,7 @@ def receiver_command(port: int, store_url: str) -> list[str]:
         f"--port={port}",
         "--workers=1",
         f"--store-url={store_url}",
+        f"--writer={writer}",
         "--no-access-log",
         "--log-level=warning",
     ]
@@ -389,11 +412,11 @@ def write_results(summary: dict[str, Any]) -> None:
         "`bare` is a FastAPI endpoint at the same path that reads the body and answers 200 without "
         "verifying or storing anything. `sqlite` and `postgresql` are `readreceipts-webhooks` with "
         "durable writes (SQLite WAL with `synchronous=FULL`; PostgreSQL with `synchronous_commit=on`): "
-        "each answer is sent only after the commit holding its event (group commit through the "
-        "batch writer). `stored` counts the run's events found in the store afterwards; it must be "
-        "at least `acknowledged` (requests that got 2xx), since wrk stops mid-flight. Server CPU per "
-        "request counts every thread of the server process (the batch writer's included) and is "
-        "what the other load on a shared machine disturbs least.",
+        "each answer is sent only after the commit holding its event (group commit in the worker's "
+        "writer process; `writer thread` commits in a thread of the worker instead, which shares the "
+        "event loop's GIL). `stored` counts the run's events found in the store afterwards; it must "
+        "be at least `acknowledged` (requests that got 2xx), since wrk stops mid-flight. Server CPU "
+        "per request counts every thread and process of the server (the writer process included).",
         "",
         "What a verified, stored webhook costs on top of the bare endpoint (CPU microseconds per "
         "webhook, measured in-process by the same script):",
@@ -416,6 +439,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the median is reported")
     parser.add_argument("--skip-postgres", action="store_true")
+    parser.add_argument(
+        "--skip-thread-writer",
+        action="store_true",
+        help="do not measure the receiver with its writer in a thread (--writer thread) for comparison",
+    )
     args = parser.parse_args(argv)
 
     wrk = ensure_wrk()
@@ -441,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
     sqlite_url = f"sqlite:///{workdir / 'receipts.db'}"
     port = free_port()
     targets.append(Target("sqlite", receiver_command(port, sqlite_url), port, sqlite_url))
+    if not args.skip_thread_writer:
+        thread_url = f"sqlite:///{workdir / 'receipts-thread.db'}"
+        port = free_port()
+        command = receiver_command(port, thread_url, writer="thread")
+        targets.append(Target("sqlite, writer thread", command, port, thread_url))
     pg = None if args.skip_postgres else postgres_schema()
     if pg is not None:
         port = free_port()
