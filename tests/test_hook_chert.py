@@ -683,7 +683,7 @@ def test_message_received_is_normalised(hook):
         True,
         "",
     )
-    assert event.event_id == "evt-1", "the X-Webhook-Event-Id header is the dedup key"
+    assert event.event_id == "chert:msg:1", "the signed body's event_id, not the unsigned header"
     assert event.occurred_at is not None
     assert event.payload["data"]["message"]["sender_handle"]["handle"] == CONTACT
 
@@ -707,10 +707,24 @@ def test_legacy_flat_payload_is_accepted(hook):
     )
 
 
-def test_the_event_header_wins_over_the_body(hook):
+def test_the_event_header_wins_over_a_bare_type_in_the_body(hook):
     body = {"type": "something.else", "data": {"message": {"id": "m-1"}, "chat": {"id": "c"}}}
     (event,) = hook.parse_webhook(_webhook(body, {"X-Webhook-Event": "message.received"}))
     assert event.status is Status.RECEIVED
+
+
+def test_edited_headers_cannot_turn_a_signed_delivery_into_another_event(hook):
+    """The signature covers the body only: what the body says wins over the unsigned headers."""
+    body = fake.message_received_event(chat_id="chat-9", message_id="m-3", event_id="chert:msg:3")
+    replayed = _webhook(body, {"X-Webhook-Event": "reaction.added", "X-Webhook-Event-Id": "evt-new"})
+
+    (event,) = hook.parse_webhook(replayed)
+
+    assert (event.raw_status, event.status, event.event_id) == (
+        "message.received",
+        Status.RECEIVED,
+        "chert:msg:3",
+    )
 
 
 @pytest.mark.parametrize("name", ["reaction.added", "reaction.removed"])

@@ -91,7 +91,10 @@ SENDER_PATHS: tuple[tuple[str, ...], ...] = (
     ("from",),
 )
 EVENT_ID_PATHS: tuple[tuple[str, ...], ...] = (("event_id",),)
-EVENT_NAME_PATHS: tuple[tuple[str, ...], ...] = (("event",), ("event_type",), ("type",))
+#: Where the signed body names its event, most specific first; a bare ``type`` is only a fallback
+#: after the (unsigned) ``X-Webhook-Event`` header, since it may mean something else.
+EVENT_NAME_PATHS: tuple[tuple[str, ...], ...] = (("event",), ("event_type",))
+FALLBACK_EVENT_NAME_PATHS: tuple[tuple[str, ...], ...] = (("type",),)
 OCCURRED_AT_PATHS: tuple[tuple[str, ...], ...] = (
     ("timestamp",),
     ("data", "message", "created_at"),
@@ -341,16 +344,22 @@ class ChertHook(ReadReceiptsHook):
         ``message.received`` becomes one RECEIVED event; ``reaction.added`` and ``reaction.removed``
         one ``UNKNOWN`` event (raw status: the event name) on the reacted-to message, kept for audit.
 
-        The event name comes from the ``X-Webhook-Event`` header, else the body's ``event``,
-        ``event_type`` or ``type``; the event id (the store's replay guard) from
-        ``X-Webhook-Event-Id``, else the body's ``event_id``.
+        The signature covers the body, not the headers: so the body's own ``event`` (or
+        ``event_type``) and ``event_id`` win, and the ``X-Webhook-Event`` and ``X-Webhook-Event-Id``
+        headers count only when the body does not say. Otherwise a replay inside the signature's
+        window with an edited header could pass a genuine delivery off as another event, or dodge
+        the store's replay guard (the event id) with a new id.
         """
         body = request.json_object()
-        event = _text(request.headers.get("x-webhook-event")).strip() or _first_text(body, EVENT_NAME_PATHS)
+        event = (
+            _first_text(body, EVENT_NAME_PATHS)
+            or _text(request.headers.get("x-webhook-event")).strip()
+            or _first_text(body, FALLBACK_EVENT_NAME_PATHS)
+        )
         if not event:
             raise WebhookPayloadError("the event name is missing (X-Webhook-Event header or body 'event')")
-        event_id = _text(request.headers.get("x-webhook-event-id")).strip() or _first_text(
-            body, EVENT_ID_PATHS
+        event_id = (
+            _first_text(body, EVENT_ID_PATHS) or _text(request.headers.get("x-webhook-event-id")).strip()
         )
         is_reaction = event in REACTION_EVENTS
         message_id = _first_text(body, REACTION_MESSAGE_ID_PATHS if is_reaction else MESSAGE_ID_PATHS)
