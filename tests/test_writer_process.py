@@ -6,6 +6,7 @@ and no hang or loss when either side dies. Runs on a SQLite file and the real Po
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -17,7 +18,6 @@ from airflow_provider_readreceipts.hooks.store import ReceiptStore, events_table
 from airflow_provider_readreceipts.receipts import InvalidInputError, Status
 from airflow_provider_readreceipts.webhooks.writer_process import WriterProcess, WriterProcessError
 from tests.fixtures_receiver import SENDBLUE_CONN_ID, sendblue_payload
-
 
 # ``store`` (the store fixtures' migrated store) is requested for its migration: the writer process
 # opens only a store whose schema is in place, as the receiver leaves it.
@@ -161,3 +161,19 @@ def test_the_receiver_answers_503_while_its_writer_is_dead_then_starts_a_new_one
     assert retried.status_code == 200
     assert receiver.writer.pid != first_pid
     assert len(store.events(SENDBLUE_CONN_ID, "wp-recv-2")) == 1
+
+
+async def test_a_payload_too_deep_to_pickle_is_stored_as_its_json_text(store, store_url, make_event):
+    """pickle gives up at a few hundred levels; JSON (what the vendor sent) goes near a thousand."""
+    deep: dict[str, object] = {"leaf": 1}
+    for _ in range(700):
+        deep = {"a": deep}
+    writer = await _started(store_url)
+    try:
+        flags = await writer.submit([make_event(message_id="wp-deep", payload=deep)], source="webhook")
+    finally:
+        await writer.stop()
+
+    assert flags == [True]
+    (stored,) = store.events("sendblue_default", "wp-deep")
+    assert json.dumps(stored.payload).count('{"a":') == 700

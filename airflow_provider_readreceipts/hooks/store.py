@@ -651,6 +651,35 @@ _EventKey = tuple[str, str, str, str]
 _PAYLOAD_JSON = json.JSONEncoder(default=str, separators=(",", ":"))
 
 
+class EncodedPayload(dict):
+    """
+    A payload that arrives already encoded as the text the store keeps (see :func:`payload_text`),
+    e.g. one nested too deeply to pickle on its way to the receiver's writer process. It reads as
+    an empty mapping; the text is in :attr:`text`.
+
+    :param text: the payload as :func:`payload_text` encodes it.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EncodedPayload, (self.text,))
+
+
+def payload_text(payload: Mapping[str, Any] | None) -> str:
+    """
+    The text the store keeps of an event's raw payload: compact, ASCII-escaped JSON, so that it
+    fits both databases whatever the payload holds.
+
+    :param payload: the event's payload.
+    """
+    if isinstance(payload, EncodedPayload):
+        return payload.text
+    return _PAYLOAD_JSON.encode(dict(payload or {}))
+
+
 def _sqlite_timestamp(value: datetime) -> str:
     """A timestamp as SQLAlchemy's SQLite ``DateTime`` stores it (naive UTC, sortable text)."""
     if value.tzinfo is not None:
@@ -915,8 +944,7 @@ def _write_entries(conn: Connection, entries: Sequence[tuple[ReceiptEvent, str]]
                 event.error_code or "",
                 event.error_message or "",
                 source,
-                # ASCII-escaped JSON: whatever the payload holds, the text fits both databases.
-                _PAYLOAD_JSON.encode(dict(event.payload or {})),
+                payload_text(event.payload),
             ]
         )
     stored: dict[tuple[_EventKey, str], int] = {}
