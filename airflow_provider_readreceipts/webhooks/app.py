@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from starlette.requests import ClientDisconnect
 
 from airflow_provider_readreceipts.hooks.base import WebhookRequest
 from airflow_provider_readreceipts.receipts import (
@@ -69,8 +68,12 @@ CONNECTION_CACHE_SECONDS = 60.0
 MISSING_CONNECTION_CACHE_SECONDS = 5.0
 HEARTBEAT_SECONDS = 30.0
 #: Events handed to the batch writer at once at most, so that it commits some while the event loop
-#: reads more (at the end of each turn of the loop, whatever is waiting is handed over anyway).
+#: reads more.
 HAND_OFF_SIZE = 32
+#: Hand-offs the writer may hold at once: one being committed and the next one waiting. Requests
+#: that arrive meanwhile gather into the hand-off after, so a busy receiver hands over fewer, larger
+#: batches (each hand-off costs the event loop about as much as a request).
+HAND_OFFS_IN_FLIGHT = 2
 #: How long a request waits for the commit of its events before answering 503 (vendor retries).
 COMMIT_TIMEOUT_SECONDS = 15.0
 
@@ -312,10 +315,11 @@ class Receiver:
         Store ``events``; returns once they are committed (``True`` for each newly stored one).
 
         Requests that reach this point in the same turn of the event loop are handed to the batch
-        writer as ONE submission: one cross-thread hand-off and one wake-up per turn instead of one
-        per request, which is most of what a webhook costs on top of the bare HTTP exchange. The
-        writer's group commit then gathers turns into commits. Each request still resolves only
-        after the commit that holds its events.
+        writer as ONE submission: one hand-off and one wake-up per turn instead of one per request,
+        which is most of what a webhook costs on top of the bare HTTP exchange. While the writer
+        already holds :data:`HAND_OFFS_IN_FLIGHT` submissions, requests keep gathering and go over
+        together when one of those is answered. The writer's group commit then gathers submissions
+        into commits. Each request still resolves only after the commit that holds its events.
 
         :raises InvalidInputError: an event no database can hold (this request's own).
         :raises Exception: the commit failed or did not finish within ``commit_timeout``.
@@ -333,12 +337,16 @@ class Receiver:
         return await waiter
 
     def _flush(self, writer: BatchWriter | WriterProcess) -> None:
-        if not self._pending:
-            return
+        if not self._pending or len(self._submitting) >= HAND_OFFS_IN_FLIGHT:
+            return  # a hand-off that finishes flushes what gathered meanwhile
         batch, self._pending = self._pending, []
         task = asyncio.ensure_future(self._submit(writer, batch))
         self._submitting.add(task)
-        task.add_done_callback(self._submitting.discard)
+        task.add_done_callback(lambda done: self._handed_off(done, writer))
+
+    def _handed_off(self, task: asyncio.Task[None], writer: BatchWriter | WriterProcess) -> None:
+        self._submitting.discard(task)
+        self._flush(writer)
 
     async def _submit(
         self, writer: BatchWriter | WriterProcess, batch: list[tuple[list[ReceiptEvent], _Waiter]]
@@ -488,18 +496,22 @@ def _check_declared_length(request: Request, limit: int) -> None:
 
 async def _read_body(request: Request, limit: int) -> bytes:
     """The raw body, read no further than ``limit`` bytes (a chunked body has no Content-Length)."""
+    # ASGI's receive() directly: Starlette's request.stream() adds an async generator per request.
+    receive = request.receive
     chunks: list[bytes] = []
     size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise HTTPException(413, f"the body is larger than {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        # Nobody will read the answer; nothing was acknowledged.
-        raise HTTPException(400, "the client went away before sending the whole body") from None
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            # Nobody will read the answer; nothing was acknowledged.
+            raise HTTPException(400, "the client went away before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the body is larger than {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def read_webhook(request: Request, conn_id: str) -> tuple[ReadReceiptsHook, WebhookRequest]:
@@ -520,7 +532,8 @@ async def read_webhook(request: Request, conn_id: str) -> tuple[ReadReceiptsHook
     body = await _read_body(request, limit)
     webhook = WebhookRequest(
         conn_id=conn_id,
-        headers=dict(request.headers.items()),  # ASGI header names are lower case already
+        # From the ASGI scope as they came (names are lower case already); the last of repeats wins.
+        headers={name.decode("latin-1"): value.decode("latin-1") for name, value in request.scope["headers"]},
         query=dict(request.query_params) if request.scope["query_string"] else {},
         body=body,
         received_at=time.time(),
