@@ -39,18 +39,14 @@ from airflow_provider_readreceipts.operators.send_message import (
     idempotency_key_for,
 )
 from airflow_provider_readreceipts.receipts import VendorAPIError
-from tests.fakes import chert as chert_fake
 from tests.fakes import direct7 as direct7_fake
-from tests.fakes import ryze as ryze_fake
 from tests.fakes import sendblue as sendblue_fake
 from tests.fakes.server import Fault
+from tests.fixtures_vendor_connections import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
 
 CONTACT = "+14155551234"
 OTHER = "+14155550123"
 WA_CONTACT = "+5511987654321"
-SB_RECEIVER = "https://airflow.example.com/readreceipts/webhooks/sb"
-D7_RECEIVER = "https://airflow.example.com/readreceipts/webhooks/d7"
-D7_WEBHOOK_TOKEN = "d7-webhook-token-51f0"
 
 
 # -- context for direct execute() calls ---------------------------------------------------------------
@@ -85,49 +81,6 @@ class StubTaskInstance:
 
 def make_context(store: MemoryStateStore | None = None, **ti: Any) -> dict[str, Any]:
     return {"ti": StubTaskInstance(**ti), "task_state_store": store or MemoryStateStore()}
-
-
-# -- connections ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def conns(vendors, airflow_connection) -> dict[str, str]:
-    """One connection per vendor, pointing at the fakes."""
-    return {
-        "sendblue": airflow_connection(
-            "sb",
-            "sendblue",
-            host=vendors.url("sendblue"),
-            login=sendblue_fake.API_KEY_ID,
-            password=sendblue_fake.API_SECRET,
-            extra={"from_number": sendblue_fake.LINE, "receiver_url": SB_RECEIVER},
-        ),
-        "chert": airflow_connection(
-            "chert",
-            "chert",
-            host=vendors.url("chert"),
-            login=chert_fake.TENANT,
-            password=chert_fake.SIGNING_SECRET,
-        ),
-        "ryze": airflow_connection(
-            "ryze",
-            "ryze",
-            host=vendors.url("ryze"),
-            password=ryze_fake.TOKEN,
-            extra={"instance": ryze_fake.INSTANCE},
-        ),
-        "direct7": airflow_connection(
-            "d7",
-            "direct7",
-            host=vendors.url("direct7"),
-            password=direct7_fake.API_TOKEN,
-            extra={
-                "originator": direct7_fake.ORIGINATOR,
-                "webhook_token": D7_WEBHOOK_TOKEN,
-                "receiver_url": D7_RECEIVER,
-            },
-        ),
-    }
 
 
 # -- mark read, one at a time -----------------------------------------------------------------------

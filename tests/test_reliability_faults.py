@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +49,6 @@ from airflow_provider_readreceipts.operators.send_message import (
     SendblueSendMessageOperator,
 )
 from airflow_provider_readreceipts.receipts import DeliveryUnknownError, VendorAPIError
-from tests.fakes import chert as chert_fake
-from tests.fakes import direct7 as direct7_fake
-from tests.fakes import ryze as ryze_fake
-from tests.fakes import sendblue as sendblue_fake
 from tests.fakes.server import Fault, VendorFakeServer
 
 pytestmark = pytest.mark.reliability
@@ -121,41 +116,6 @@ def context_for(store: MemoryStateStore, try_number: int = 1) -> dict[str, Any]:
 
 
 # -- the matrix ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def conns(vendors: VendorFakeServer, airflow_connection: Callable[..., str]) -> dict[str, str]:
-    return {
-        "sendblue": airflow_connection(
-            "rel_sb",
-            "sendblue",
-            host=vendors.url("sendblue"),
-            login=sendblue_fake.API_KEY_ID,
-            password=sendblue_fake.API_SECRET,
-            extra={"from_number": sendblue_fake.LINE},
-        ),
-        "chert": airflow_connection(
-            "rel_chert",
-            "chert",
-            host=vendors.url("chert"),
-            login=chert_fake.TENANT,
-            password=chert_fake.SIGNING_SECRET,
-        ),
-        "ryze": airflow_connection(
-            "rel_ryze",
-            "ryze",
-            host=vendors.url("ryze"),
-            password=ryze_fake.TOKEN,
-            extra={"instance": ryze_fake.INSTANCE},
-        ),
-        "direct7": airflow_connection(
-            "rel_d7",
-            "direct7",
-            host=vendors.url("direct7"),
-            password=direct7_fake.API_TOKEN,
-            extra={"originator": direct7_fake.ORIGINATOR},
-        ),
-    }
 
 
 def build_hook(vendor: str, conn_id: str, budget: Budget) -> Any:
