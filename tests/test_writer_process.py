@@ -177,3 +177,19 @@ async def test_a_payload_too_deep_to_pickle_is_stored_as_its_json_text(store, st
     assert flags == [True]
     (stored,) = store.events("sendblue_default", "wp-deep")
     assert json.dumps(stored.payload).count('{"a":') == 700
+
+
+async def test_a_sigterm_to_the_process_group_does_not_cut_the_writer_short(store, store_url, make_event):
+    """A service manager signals every process of the service; the parent decides when the child stops."""
+    writer = await _started(store_url)
+    assert writer.pid is not None
+    try:
+        os.kill(writer.pid, signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        flags = await writer.submit([make_event(message_id="wp-after-sigterm")], source="webhook")
+        assert writer.running
+    finally:
+        await writer.stop()
+
+    assert flags == [True]
+    assert writer._process is not None and writer._process.returncode == 0

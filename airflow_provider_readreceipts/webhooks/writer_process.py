@@ -15,7 +15,9 @@ were new. The guarantees do not change:
   they are sent. If a group commit fails anyway, the child commits each hand-off on its own.
 - **Nothing hangs.** If the child dies (killed, out of memory), every waiting request fails (the
   receiver answers 503 and the vendor retries) and the next request starts a new child. If the
-  parent dies, the child sees the socket close, commits what it has read and exits.
+  parent dies, the child sees the socket close, commits what it has read and exits. The child
+  ignores SIGINT and SIGTERM, which a terminal or a service manager sends the whole process group:
+  its parent stops it once the requests in flight are answered.
 
 Frames are a 4-byte big-endian length and a pickle. Both ends are this package, on a socket pair
 that no one else can reach; the store URL (which may hold a password) travels in the first frame,
@@ -29,6 +31,7 @@ import itertools
 import logging
 import os
 import pickle
+import signal
 import socket
 import struct
 import sys
@@ -267,6 +270,8 @@ class _FrameReader:
             self.buffer += chunk
         except BlockingIOError:
             pass
+        except OSError:
+            self.closed = True  # the parent is gone (a reset instead of an orderly close)
         frames = []
         while len(self.buffer) >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(self.buffer)
@@ -385,6 +390,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     logging.basicConfig(level=os.environ.get("READRECEIPTS_WRITER_LOG_LEVEL", "WARNING"))
+    # Ctrl-C in a terminal, or a service manager stopping the whole process group, must not cut a
+    # commit short: the child stops when its parent says so or goes away (the socket closes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with socket.socket(fileno=int(args[0])) as sock:
         return serve(sock)
 
