@@ -43,44 +43,11 @@ from tests.fakes import direct7 as direct7_fake
 from tests.fakes import sendblue as sendblue_fake
 from tests.fakes.server import Fault
 from tests.fixtures_vendor_connections import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
+from tests.operator_context import MemoryStateStore, make_context
 
 CONTACT = "+14155551234"
 OTHER = "+14155550123"
 WA_CONTACT = "+5511987654321"
-
-
-# -- context for direct execute() calls ---------------------------------------------------------------
-
-
-class MemoryStateStore:
-    """``context["task_state_store"]`` as Airflow 3.3 gives it, kept in memory."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: Any, **kwargs: Any) -> None:
-        self.values[key] = json.loads(json.dumps(value))  # stored as JSON, as Airflow does
-
-    def delete(self, key: str) -> None:
-        self.values.pop(key, None)
-
-
-class StubTaskInstance:
-    def __init__(self, *, try_number: int = 1, map_index: int = -1) -> None:
-        self.dag_id, self.run_id, self.task_id = "dag", "manual__1", "task"
-        self.map_index = map_index
-        self.try_number = try_number
-        self.xcoms: dict[str, Any] = {}
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        self.xcoms[key] = value
-
-
-def make_context(store: MemoryStateStore | None = None, **ti: Any) -> dict[str, Any]:
-    return {"ti": StubTaskInstance(**ti), "task_state_store": store or MemoryStateStore()}
 
 
 # -- mark read, one at a time -----------------------------------------------------------------------

@@ -50,6 +50,7 @@ from airflow_provider_readreceipts.operators.send_message import (
 )
 from airflow_provider_readreceipts.receipts import DeliveryUnknownError, VendorAPIError
 from tests.fakes.server import Fault, VendorFakeServer
+from tests.operator_context import MemoryStateStore, make_context
 
 pytestmark = pytest.mark.reliability
 
@@ -80,39 +81,6 @@ class Budget:
 
 
 BUDGETS = {"ci": Budget(3, 5.0, 2), "full": Budget(5, 20.0, 4)}
-
-
-# -- context for direct execute() calls -----------------------------------------------------------
-
-
-class MemoryStateStore:
-    """``context["task_state_store"]`` as Airflow 3.3 gives it (kept across tries), in memory."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, Any] = {}
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.values.get(key, default)
-
-    def set(self, key: str, value: Any, **kwargs: Any) -> None:
-        self.values[key] = json.loads(json.dumps(value))
-
-    def delete(self, key: str) -> None:
-        self.values.pop(key, None)
-
-
-class StubTaskInstance:
-    def __init__(self, try_number: int) -> None:
-        self.dag_id, self.run_id, self.task_id = "faults", "manual__1", "task"
-        self.map_index = -1
-        self.try_number = try_number
-
-    def xcom_push(self, key: str, value: Any) -> None:
-        pass
-
-
-def context_for(store: MemoryStateStore, try_number: int = 1) -> dict[str, Any]:
-    return {"ti": StubTaskInstance(try_number), "task_state_store": store}
 
 
 # -- the matrix ------------------------------------------------------------------------------------
@@ -234,7 +202,7 @@ def test_operator_under_vendor_fault(vendor, operation, kind, conns, vendors, sc
     started = time.monotonic()
     error: BaseException | None = None
     try:
-        result = operator.execute(context_for(store))
+        result = operator.execute(make_context(store))
     except (VendorAPIError, AirflowFailException) as exc:
         error, result = exc, None
     seconds = time.monotonic() - started
@@ -295,7 +263,7 @@ def test_operator_under_vendor_fault(vendor, operation, kind, conns, vendors, sc
         assert "may have been sent" in text
         assert store.get(SEND_STATE_KEY)["state"] == "sending"
         with pytest.raises(AirflowFailException, match="outcome is unknown"):
-            operator.execute(context_for(store, try_number=2))
+            operator.execute(make_context(store, try_number=2))
         assert len(vendors.requests_to(vendor, path, "POST")) == 1
     elif operation == "send":
         assert stored == 0  # Chert never accepted it: the 503s came before the handler
@@ -314,8 +282,8 @@ def test_chert_send_whose_answers_are_lost_is_stored_once(conns, vendors, scale,
     operator.__dict__["hook"] = build_hook("chert", conns["chert"], budget)
 
     started = time.monotonic()
-    first = operator.execute(context_for(MemoryStateStore()))
-    again = operator.execute(context_for(MemoryStateStore(), try_number=2))
+    first = operator.execute(make_context(MemoryStateStore()))
+    again = operator.execute(make_context(MemoryStateStore(), try_number=2))
     seconds = time.monotonic() - started
 
     seen = vendors.requests_to("chert", "/send", "POST")
