@@ -382,7 +382,7 @@ def _install_sqlite_listeners(engine: Engine, *, busy_timeout_ms: int) -> None:
         try:
             # busy_timeout first: switching to WAL needs a lock that another process may hold.
             cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _switch_to_wal(cursor, busy_timeout_ms / 1000)
             # FULL, not WAL's usual NORMAL: NORMAL may lose the last commits on power loss, and the
             # receiver acknowledges an event only once its commit is durable.
             cursor.execute("PRAGMA synchronous = FULL")
@@ -395,6 +395,28 @@ def _install_sqlite_listeners(engine: Engine, *, busy_timeout_ms: int) -> None:
         if mode not in _BEGIN_MODES:
             raise ValueError(f"unknown SQLite BEGIN mode {mode!r}")
         conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _switch_to_wal(cursor: Any, timeout: float) -> None:
+    """
+    ``PRAGMA journal_mode = WAL``, retried while another process holds the lock it needs.
+
+    SQLite answers "database is locked" at once, without its busy handler, when several processes
+    open a new file together and each tries to switch it: wait and retry, as busy_timeout would.
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _install_postgres_listeners(engine: Engine) -> None:
