@@ -23,7 +23,8 @@ Targets, each served by uvicorn with one worker, no access log, the same event l
   sharing the event loop's GIL), for comparison;
 * ``postgresql``: the receiver on the local PostgreSQL (``synchronous_commit=on``).
 
-Runs are interleaved (bare, sqlite, postgresql, bare, ...) and the median of the rounds is reported.
+Runs are interleaved (each target once per round, in the order above) and the median of the rounds
+is reported, with each round's ratio to the bare run of the same round.
 After each receiver run the store is counted: every acknowledged event must be stored. Results go to
 ``bench/results/receiver.md`` and ``bench/results/receiver.json``.
 """
@@ -573,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 target.runs.append(result)
                 print(
-                    f"round {round_number} {target.name:>10}: {result.requests_per_second:8,.0f} req/s  "
+                    f"round {round_number} {target.name:>21}: {result.requests_per_second:8,.0f} req/s  "
                     f"p50 {result.latency_p50_ms:6.1f} ms  p99 {result.latency_p99_ms:6.1f} ms  "
                     f"cpu {result.cpu_ms_per_request:.2f} ms/req  steal {result.cpu_steal_percent:.0f}%  "
                     f"non-2xx {result.non_2xx}  "
@@ -630,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for name, value in medians.items():
         share = f"  ({ratios[name]:.0%} of bare)" if name in ratios else ""
-        print(f"{name:>10}: {value:8,.0f} verified webhooks/s{share}")
+        print(f"{name:>21}: {value:8,.0f} verified webhooks/s{share}")
     print(f"results: {RESULTS / 'receiver.md'}")
     if lost:
         print(f"ACKNOWLEDGED EVENTS MISSING FROM THE STORE: {lost}")

@@ -633,7 +633,7 @@ def _check_text(name: str, value: Any) -> None:
             raise InvalidInputError(name, "is not valid Unicode (unpaired surrogate)") from None
 
 
-# Columns written from JSON rows, in the order of each row's values.
+# Columns written per row (JSON rows on PostgreSQL, executemany on SQLite), in the order of each row's values.
 _EVENT_COLUMNS = (
     "conn_id",
     "vendor",
@@ -759,18 +759,18 @@ def _sqlite_executemany(statement: Any, names: Sequence[str]) -> str:
 
 
 @functools.cache
-def _events_insert(dialect_name: str) -> Any:
+def _postgres_events_insert() -> Any:
     """
     ``INSERT INTO rr_events ... ON CONFLICT DO NOTHING RETURNING`` the inserted rows' ids and keys,
-    from one JSON parameter (PostgreSQL; SQLite uses :func:`_sqlite_events_insert`).
+    from one JSON parameter (SQLite's counterpart is :func:`_sqlite_events_insert`).
 
     No conflict target: a clash on either unique index (the event key, or the vendor's event id)
     makes the row a duplicate. Rows are inserted in the order given, so ids grow in that order and
-    the first of several equal keys in one batch is the one stored. Built once per dialect.
+    the first of several equal keys in one batch is the one stored. Built once.
     """
     columns = events_table.c
     return (
-        _insert(dialect_name, events_table)
+        pg.insert(events_table)
         .from_select(_EVENT_COLUMNS, _json_rows(events_table, _EVENT_COLUMNS))
         .on_conflict_do_nothing()
         .returning(
@@ -785,18 +785,21 @@ def _events_insert(dialect_name: str) -> Any:
 
 
 @functools.cache
-def _messages_upsert(dialect_name: str) -> Any:
+def _postgres_messages_upsert() -> Any:
     """
     The upsert that merges folded rows into ``rr_messages`` in SQL, so concurrent writers (threads
     or processes) never lose an update: each merges into the row as the previous writer committed it.
 
-    PostgreSQL's takes its rows as one JSON parameter (see :func:`_json_rows`); SQLite's is text for
-    ``executemany``. Built once per dialect (constructing ON CONFLICT statements costs more than
-    running them).
+    Its rows come as one JSON parameter (see :func:`_json_rows`). Built once (constructing ON
+    CONFLICT statements costs more than running them).
     """
-    if dialect_name == "postgresql":
-        rows = _json_rows(messages_table, _MESSAGE_COLUMNS)
-        return _merge_message(pg.insert(messages_table).from_select(_MESSAGE_COLUMNS, rows))
+    rows = _json_rows(messages_table, _MESSAGE_COLUMNS)
+    return _merge_message(pg.insert(messages_table).from_select(_MESSAGE_COLUMNS, rows))
+
+
+@functools.cache
+def _sqlite_messages_upsert() -> str:
+    """:func:`_postgres_messages_upsert`'s merge as SQLite text for ``executemany``."""
     return _sqlite_executemany(_merge_message(sqlite.insert(messages_table)), _MESSAGE_COLUMNS)
 
 
@@ -934,7 +937,7 @@ def _insert_events(conn: Connection, rows: list[list[Any]]) -> Iterable[Sequence
     """
     dialect_name = conn.dialect.name
     if dialect_name == "postgresql":
-        return conn.execute(_events_insert(dialect_name), {"rows": json.dumps(rows)}).tuples()
+        return conn.execute(_postgres_events_insert(), {"rows": json.dumps(rows)}).tuples()
     after = conn.execute(_SQLITE_LAST_EVENT_ID).scalar() or 0
     conn.exec_driver_sql(_sqlite_events_insert(), [tuple(row) for row in rows])
     inserted = conn.execute(_SQLITE_EVENTS_AFTER, {"after": after}).scalar()
@@ -1019,9 +1022,9 @@ def _write_entries(conn: Connection, entries: Sequence[tuple[ReceiptEvent, str]]
         for fold in _fold_messages(new_events, received_at)
     ]
     if dialect_name == "postgresql":
-        conn.execute(_messages_upsert(dialect_name), {"rows": json.dumps(message_rows)})
+        conn.execute(_postgres_messages_upsert(), {"rows": json.dumps(message_rows)})
     else:
-        conn.exec_driver_sql(_messages_upsert(dialect_name), [tuple(row) for row in message_rows])
+        conn.exec_driver_sql(_sqlite_messages_upsert(), [tuple(row) for row in message_rows])
     if dialect_name == "postgresql":
         # Delivered by PostgreSQL when (and only if) this transaction commits.
         payload = json.dumps({"events": len(new_events), "last_id": max(row_id for *_, row_id in new_events)})

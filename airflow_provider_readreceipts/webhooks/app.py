@@ -609,11 +609,11 @@ async def store_events(receiver: Receiver, events: list[ReceiptEvent], conn_id: 
 
 @functools.lru_cache(maxsize=64)
 def _counts_body(stored: int, duplicates: int) -> bytes:
-    return json.dumps({"stored": stored, "duplicates": duplicates}).encode()
+    return json.dumps({"stored": stored, "duplicates": duplicates}, separators=(",", ":")).encode()
 
 
 def _counts_response(stored: int, duplicates: int) -> Response:
-    """The 200 answer, its body encoded once per count pair (JSONResponse encodes per request)."""
+    """The 200 answer; its body is cached per count pair (JSONResponse encodes on every request)."""
     return Response(_counts_body(stored, duplicates), media_type="application/json")
 
 
