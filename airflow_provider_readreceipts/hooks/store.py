@@ -1023,12 +1023,11 @@ def _write_entries(conn: Connection, entries: Sequence[tuple[ReceiptEvent, str]]
     ]
     if dialect_name == "postgresql":
         conn.execute(_postgres_messages_upsert(), {"rows": json.dumps(message_rows)})
-    else:
-        conn.exec_driver_sql(_sqlite_messages_upsert(), [tuple(row) for row in message_rows])
-    if dialect_name == "postgresql":
         # Delivered by PostgreSQL when (and only if) this transaction commits.
         payload = json.dumps({"events": len(new_events), "last_id": max(row_id for *_, row_id in new_events)})
         conn.execute(sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, payload)))
+    else:
+        conn.exec_driver_sql(_sqlite_messages_upsert(), [tuple(row) for row in message_rows])
     return flags
 
 
