@@ -15,8 +15,8 @@ Targets, each served by uvicorn with one worker, no access log, the same event l
 * ``bare``: a FastAPI endpoint at the same path that reads the body and answers 200, storing
   nothing (the baseline the target is measured against);
 * ``bare, plain route``: the same as a plain Starlette route in a FastAPI app, which is how the
-  receiver mounts its webhook route (FastAPI's per-request parameter handling is about half of
-  what the bare endpoint costs), for a like-for-like comparison;
+  receiver mounts its webhook route (FastAPI's per-request dependency and parameter resolution
+  is about half of what the bare endpoint costs), for a like-for-like comparison;
 * ``sqlite``: the receiver (``readreceipts-webhooks``) on a SQLite file (WAL, ``synchronous=FULL``),
   committing in its writer process (the default);
 * ``sqlite, writer thread``: the same with ``--writer thread`` (commits in a thread of the worker,
@@ -116,7 +116,8 @@ def create_bare_app() -> FastAPI:
 def create_bare_route_app() -> FastAPI:
     """
     The same baseline as a plain Starlette route in a FastAPI app, the way the receiver mounts its
-    webhook route: what the bare endpoint costs without FastAPI's per-request parameter handling.
+    webhook route: what the bare endpoint costs without FastAPI's per-request dependency and
+    parameter resolution.
     """
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -444,8 +445,8 @@ def write_results(summary: dict[str, Any]) -> None:
         "`bare` is a FastAPI endpoint at the same path that reads the body and answers 200 without "
         "verifying or storing anything; `bare, plain route` is the same as a plain Starlette route "
         "in a FastAPI app, the way the receiver mounts its webhook route (it skips FastAPI's "
-        "per-request parameter handling), so the like-for-like ratio is `sqlite` over `bare, plain "
-        "route`. `sqlite` and `postgresql` are `readreceipts-webhooks` with "
+        "per-request dependency and parameter resolution), so the like-for-like ratio is `sqlite` "
+        "over `bare, plain route`. `sqlite` and `postgresql` are `readreceipts-webhooks` with "
         "durable writes (SQLite WAL with `synchronous=FULL`; PostgreSQL with `synchronous_commit=on`): "
         "each answer is sent only after the commit holding its event (group commit in the worker's "
         "writer process; `writer thread` commits in a thread of the worker instead, which shares the "
