@@ -105,6 +105,19 @@ def test_connection_of_another_type_is_404_naming_the_type(running_receiver, air
     assert "'plain_http' is of type 'http'" in answer.json()["detail"]
 
 
+def test_the_openapi_document_describes_the_webhook_route_it_serves():
+    app = create_app()
+    served = {route.path for route in app.routes if "POST" in (getattr(route, "methods", None) or ())}
+    operation = app.openapi()["paths"]["/webhooks/{conn_id}"]["post"]
+
+    assert "/webhooks/{conn_id}" in served
+    assert operation["operationId"] == "receive_webhook"
+    assert "only after its events are committed" in operation["description"]
+    parameters = [(param["name"], param["in"], param["required"]) for param in operation["parameters"]]
+    assert parameters == [("conn_id", "path", True)]
+    assert set(operation["responses"]) == {"200", "401", "404", "413", "422", "503"}
+
+
 @pytest.mark.parametrize("conn_id", ["bad%20id", "semi;colon", "x" * 251, "caf%C3%A9", "%2e%2e%2fetc"])
 def test_conn_id_of_impossible_shape_is_404(running_receiver, conn_id):
     answer = running_receiver.client.post(f"/webhooks/{conn_id}", content=b"{}")
