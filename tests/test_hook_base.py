@@ -211,3 +211,41 @@ def test_rate_limit_reset_counts_only_for_a_429():
     headers = {"X-RateLimit-Reset": "1000000060"}
     assert parse_retry_after(headers, None, status=503, now=1_000_000_010) is None
     assert parse_retry_after(headers, None, status=429, now=1_000_000_010) == 50.0
+
+
+def test_the_httphook_seam_is_listed_in_one_place():
+    # Every HttpHook method the base replaces is named in HTTP_HOOK_OVERRIDES, and nothing else is.
+    from airflow.providers.http.hooks.http import HttpHook
+
+    from airflow_provider_readreceipts.hooks.base import HTTP_HOOK_OVERRIDES, ReadReceiptsHook
+
+    replaced = {
+        name
+        for name in vars(ReadReceiptsHook)
+        if not name.startswith("__") and callable(getattr(HttpHook, name, None))
+    }
+    assert replaced == set(HTTP_HOOK_OVERRIDES)
+
+
+@pytest.mark.parametrize("method", ["run", "run_and_check", "run_with_advanced_retry", "check_response"])
+def test_httphooks_request_helpers_are_closed(make_hook, vendors, method):
+    # They would bypass the retry policy (a send repeated after a 5xx) and the error mapping.
+    hook = make_hook()
+    with pytest.raises(NotImplementedError, match=r"request\("):
+        getattr(hook, method)("/api/send-message", data={"number": "+14155550100"})
+    assert vendors.requests_to("sendblue") == []
+
+
+def test_hook_class_attributes_come_from_the_vendor_registry():
+    from airflow_provider_readreceipts.vendors import SPECS, hook_class_for
+
+    for conn_type, spec in SPECS.items():
+        hook_class = hook_class_for(conn_type)
+        assert hook_class.spec is spec
+        assert (hook_class.conn_type, hook_class.conn_name_attr, hook_class.default_conn_name) == (
+            conn_type,
+            spec.conn_id_param,
+            spec.default_conn_id,
+        )
+        assert (hook_class.hook_name, hook_class.vendor_name) == (spec.hook_name, spec.name)
+        assert f"{hook_class.__module__}.{hook_class.__qualname__}" == spec.hook_class

@@ -10,7 +10,7 @@ import airflow
 import jsonschema
 import pytest
 
-from airflow_provider_readreceipts import get_provider_info
+from airflow_provider_readreceipts.get_provider_info import get_provider_info
 
 CONN_TYPES = ("sendblue", "chert", "ryze", "direct7")
 SECRET_EXTRAS = {

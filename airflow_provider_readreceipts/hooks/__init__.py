@@ -1,36 +1,15 @@
-"""One hook per vendor. Import the vendor module you need; nothing is imported here eagerly."""
+"""
+One hook per vendor. Import the vendor module you need; nothing is imported here eagerly.
+
+The look-up from a connection type to its hook lives in the vendor registry
+(:mod:`airflow_provider_readreceipts.vendors`); these names are kept for existing imports.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from airflow_provider_readreceipts.vendors import SPECS, hook_class_for, hook_for
 
-if TYPE_CHECKING:
-    from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
+#: Connection type -> hook class path (from the vendor registry).
+HOOK_CLASSES: dict[str, str] = {conn_type: spec.hook_class for conn_type, spec in SPECS.items()}
 
-#: Connection type -> hook class path. The receiver and the sensor pick the vendor from this.
-HOOK_CLASSES: dict[str, str] = {
-    "sendblue": "airflow_provider_readreceipts.hooks.sendblue.SendblueHook",
-    "chert": "airflow_provider_readreceipts.hooks.chert.ChertHook",
-    "ryze": "airflow_provider_readreceipts.hooks.ryze.RyzeHook",
-    "direct7": "airflow_provider_readreceipts.hooks.direct7.Direct7Hook",
-}
-
-
-def hook_class_for(conn_type: str | None) -> type[ReadReceiptsHook]:
-    """The hook class of a connection type; ``KeyError`` naming the type for anything else."""
-    path = HOOK_CLASSES.get(conn_type or "")
-    if path is None:
-        raise KeyError(
-            f"connection type {conn_type!r} is not a read-receipts vendor; "
-            f"expected one of {sorted(HOOK_CLASSES)}"
-        )
-    module_name, _, class_name = path.rpartition(".")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
-def hook_for(conn_id: str, conn_type: str, **kwargs: Any) -> ReadReceiptsHook:
-    """A hook instance for ``conn_id`` of a known ``conn_type``."""
-    cls = hook_class_for(conn_type)
-    arguments: dict[str, Any] = {cls.conn_name_attr: conn_id, **kwargs}
-    return cls(**arguments)
+__all__ = ["HOOK_CLASSES", "hook_class_for", "hook_for"]

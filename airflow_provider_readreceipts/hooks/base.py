@@ -1,29 +1,36 @@
 """
 What every vendor hook shares: one reused session, timeouts, the retry policy, error mapping, masking.
 
-``HttpHook`` (providers-http) is the base, with three of its defaults turned off because they are
-wrong for credentialed vendor APIs: it sends HTTP Basic auth whenever the login field is set (our
-login fields hold key ids and tenant slugs), it copies every unknown connection extra into a
-request header (our extras hold webhook secrets), and it treats a host typed without a scheme as
-``http://`` (credentials would go out in cleartext). It also builds a new session per call; here
-one session lives as long as the hook.
+``HttpHook`` (providers-http) is the base, used through one seam. What a vendor hook takes from
+it: connection loading, the session's adapters, ``url_from_endpoint`` and the ``http_conn_id``
+plumbing. What it overrides, and why (:data:`HTTP_HOOK_OVERRIDES` lists the same names; a test
+keeps the list and the class in step):
+
+- ``_extract_auth``: never HTTP Basic, which ``HttpHook`` sends whenever the login field is set
+  (our login fields hold key ids and tenant slugs): each vendor signs its own requests.
+- ``_configure_session_from_extra``: ``HttpHook`` copies every unknown connection extra into a
+  request header; our extras hold webhook secrets, so none of them becomes a header.
+- ``_set_base_url``: a host typed without a scheme means ``https://``, not ``http://``
+  (credentials must not go out in cleartext); an empty host means the vendor's public API.
+- ``get_conn``: one session for the hook's life, instead of a new one per call.
+- ``test_connection``: a vendor-specific read-only probe.
+- ``run``, ``run_and_check``, ``run_with_advanced_retry`` and ``check_response``: closed. They would
+  skip this package's retry policy (429 and 5xx with backoff, ``Retry-After``, never repeating a
+  send whose outcome is unknown) and its error mapping; :meth:`ReadReceiptsHook.request` is the
+  one way a vendor call goes out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-import phonenumbers
 import requests
 from airflow.providers.http.hooks.http import HttpHook
 from requests.auth import AuthBase
@@ -40,54 +47,55 @@ from tenacity import (
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError
 
 from airflow_provider_readreceipts import __version__
+from airflow_provider_readreceipts.hooks.inputs import normalize_e164, require_text
+from airflow_provider_readreceipts.hooks.payload import (
+    WebhookRequest,
+    optional_text,
+    parse_timestamp,
+    secrets_equal,
+)
 from airflow_provider_readreceipts.receipts import (
     DeliveryUnknownError,
     InvalidInputError,
     ReceiptEvent,
     VendorAPIError,
-    WebhookPayloadError,
 )
 
 if TYPE_CHECKING:
     import aiohttp
     from airflow.sdk import Connection
 
+    from airflow_provider_readreceipts.vendors import VendorSpec
+
+__all__ = [
+    "HTTP_HOOK_OVERRIDES",
+    "USER_AGENT",
+    "ReadReceiptsHook",
+    "WebhookRequest",
+    "normalize_e164",
+    "parse_retry_after",
+    "parse_timestamp",
+    "require_text",
+    "secrets_equal",
+]
+
+#: The ``HttpHook`` methods :class:`ReadReceiptsHook` replaces (see the module docstring for why).
+HTTP_HOOK_OVERRIDES = (
+    "_extract_auth",
+    "_configure_session_from_extra",
+    "_set_base_url",
+    "get_conn",
+    "test_connection",
+    "run",
+    "run_and_check",
+    "run_with_advanced_retry",
+    "check_response",
+)
+
 USER_AGENT = f"airflow-provider-readreceipts/{__version__}"
 
 #: Statuses that never succeed on retry even though they are 5xx.
 _PERMANENT_5XX = frozenset({501, 505})
-
-
-def normalize_e164(value: Any, *, field: str) -> str:
-    """
-    Check a phone number and return it in E.164 (``+14155551234``).
-
-    Numbers must carry their country code; national formats are refused rather than guessed.
-
-    :param value: what the caller passed.
-    :param field: the argument's name, for the error message.
-    """
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(field, "a phone number in E.164 format is required, e.g. +14155551234")
-    text = value.strip()
-    if not text.startswith("+"):
-        raise InvalidInputError(
-            field, f"{text!r} has no country code; write it in E.164 format, e.g. +14155551234"
-        )
-    try:
-        number = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException as exc:
-        raise InvalidInputError(field, f"{text!r} is not a phone number ({exc})") from None
-    if not phonenumbers.is_valid_number(number):
-        raise InvalidInputError(field, f"{text!r} is not a valid phone number")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
-
-
-def require_text(value: Any, *, field: str) -> str:
-    """Return ``value`` stripped, or raise :class:`InvalidInputError` naming ``field`` if it is empty."""
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInputError(field, "must be a non-empty string")
-    return value.strip()
 
 
 def parse_retry_after(
@@ -127,72 +135,6 @@ def parse_retry_after(
     return None
 
 
-def parse_timestamp(value: Any) -> datetime | None:
-    """
-    A vendor timestamp as an aware UTC datetime: ISO 8601 text, or unix seconds or milliseconds.
-
-    Returns ``None`` for a missing or unreadable value (the event is still stored).
-    """
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    try:
-        if isinstance(value, (int, float)):
-            seconds = value / 1000 if value > 100_000_000_000 else value
-            return datetime.fromtimestamp(seconds, tz=timezone.utc)
-        if isinstance(value, str):
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-            return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-    except (ValueError, OverflowError, OSError):
-        return None
-    return None
-
-
-def secrets_equal(given: str | bytes | None, expected: str | bytes | None) -> bool:
-    """Compare a presented secret with the expected one in constant time; empty never matches."""
-    if not given or not expected:
-        return False
-    a = given.encode() if isinstance(given, str) else given
-    b = expected.encode() if isinstance(expected, str) else expected
-    return hmac.compare_digest(a, b)
-
-
-@dataclass(frozen=True)
-class WebhookRequest:
-    """
-    A webhook as the receiver got it, before any parsing.
-
-    :param conn_id: the connection named in the URL (``/webhooks/<conn_id>``).
-    :param headers: the request headers, names in lower case.
-    :param query: the query parameters.
-    :param body: the raw body bytes (signatures cover them).
-    :param received_at: unix time of receipt (signature windows count from it).
-    """
-
-    conn_id: str
-    headers: Mapping[str, str]
-    query: Mapping[str, str]
-    body: bytes
-    received_at: float
-
-    def json(self) -> Any:
-        """The body as JSON, or :class:`WebhookPayloadError` with a reason."""
-        try:
-            return json.loads(self.body)
-        except UnicodeDecodeError:
-            raise WebhookPayloadError("the body is not UTF-8 JSON") from None
-        except ValueError as exc:
-            raise WebhookPayloadError(f"the body is not valid JSON ({exc.args[0]})") from None
-        except RecursionError:
-            raise WebhookPayloadError("the body's JSON is nested too deeply") from None
-
-    def json_object(self) -> Mapping[str, Any]:
-        """The body as a JSON object, or :class:`WebhookPayloadError`."""
-        document = self.json()
-        if not isinstance(document, Mapping):
-            raise WebhookPayloadError("the body must be a JSON object")
-        return document
-
-
 class _SigningAuth(AuthBase):
     """Adds a vendor's auth headers to each request, computed from the final method, path and body."""
 
@@ -212,7 +154,13 @@ class _SigningAuth(AuthBase):
 
 class ReadReceiptsHook(HttpHook):
     """
-    Base of the four vendor hooks; not used directly.
+    Base of the vendor hooks; not used directly.
+
+    A vendor hook names its spec from the vendor registry, which sets the class attributes Airflow
+    reads (``conn_type``, ``conn_name_attr``, ``default_conn_name``, ``hook_name``) and this
+    package's own (``vendor_name``, ``default_base_url``, ``secret_extras``)::
+
+        class SendblueHook(ReadReceiptsHook, spec=vendors.sendblue.SPEC): ...
 
     :param conn_id: the Airflow connection holding the vendor account.
     :param timeout: seconds allowed for connecting and for each read of a response.
@@ -221,12 +169,27 @@ class ReadReceiptsHook(HttpHook):
     :param max_connections: connections kept open to the vendor (raise for concurrent bulk calls).
     """
 
+    #: The vendor's facts (vendor registry).
+    spec: ClassVar[VendorSpec]
     #: The vendor as people write it, used in every error message.
     vendor_name: ClassVar[str]
     #: The vendor's public API root, used when the connection's host is empty.
     default_base_url: ClassVar[str]
     #: Connection extras that hold secrets: masked in logs as soon as the connection is loaded.
     secret_extras: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, *, spec: VendorSpec | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if spec is None:
+            return
+        cls.spec = spec
+        cls.conn_type = spec.conn_type
+        cls.conn_name_attr = spec.conn_id_param
+        cls.default_conn_name = spec.default_conn_id
+        cls.hook_name = spec.hook_name
+        cls.vendor_name = spec.name
+        cls.default_base_url = spec.default_base_url
+        cls.secret_extras = spec.secret_extras
 
     def __init__(
         self,
@@ -253,6 +216,36 @@ class ReadReceiptsHook(HttpHook):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} conn_id={self.http_conn_id!r}>"
+
+    @property
+    def conn_id(self) -> str:
+        """The Airflow connection of the vendor account."""
+        return self.http_conn_id
+
+    # -- closed: HttpHook's request helpers bypass the retry policy and the error mapping ----------
+
+    def run(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Closed: use :meth:`request`, which retries safely and maps the vendor's errors."""
+        self._closed_method("run")
+
+    def run_and_check(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Closed: use :meth:`request`."""
+        self._closed_method("run_and_check")
+
+    def run_with_advanced_retry(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Closed: use :meth:`request`, whose retries never repeat a send of unknown outcome."""
+        self._closed_method("run_with_advanced_retry")
+
+    def check_response(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Closed: :meth:`request` maps every error response to :class:`VendorAPIError`."""
+        self._closed_method("check_response")
+
+    def _closed_method(self, name: str) -> NoReturn:
+        raise NotImplementedError(
+            f"{type(self).__name__}.{name}() is closed: it would skip the vendor retry policy and error"
+            f" mapping. Call a vendor method, or {type(self).__name__}.request(operation, method,"
+            " endpoint, idempotent=...)."
+        )
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -364,10 +357,14 @@ class ReadReceiptsHook(HttpHook):
         if isinstance(body, Mapping):
             error = body.get("error")
             if isinstance(error, Mapping):
-                return _text(error.get("code")), _text(error.get("message")), None
+                return optional_text(error.get("code")), optional_text(error.get("message")), None
             if isinstance(error, str):
                 return None, error, None
-            return _text(body.get("code")), _text(body.get("message") or body.get("detail")), None
+            return (
+                optional_text(body.get("code")),
+                optional_text(body.get("message") or body.get("detail")),
+                None,
+            )
         return None, None, None
 
     def _error_from_response(
@@ -398,7 +395,7 @@ class ReadReceiptsHook(HttpHook):
             "retry_after": parse_retry_after(headers, body, status=status),
             "trace_id": headers.get("X-Trace-ID")
             or headers.get("X-Request-ID")
-            or (_text(body.get("trace_id")) if isinstance(body, Mapping) else None),
+            or (optional_text(body.get("trace_id")) if isinstance(body, Mapping) else None),
         }
         if not idempotent and status != 429 and retryable:
             # A 5xx on a send: the vendor may have queued the message before failing.
@@ -590,10 +587,6 @@ class ReadReceiptsHook(HttpHook):
         except (VendorAPIError, InvalidInputError, ValueError) as exc:
             return False, str(exc)
         return True, f"Connected to {self.vendor_name} at {self.base_url}"
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 def _decode(content: bytes) -> Any:

@@ -35,17 +35,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from airflow_provider_readreceipts.hooks.base import (
-    ReadReceiptsHook,
+from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
+from airflow_provider_readreceipts.hooks.inputs import normalize_e164, require_text
+from airflow_provider_readreceipts.hooks.payload import (
     WebhookRequest,
-    normalize_e164,
+    dig,
+    first,
+    first_text,
+    is_present,
     parse_timestamp,
-    require_text,
     secrets_equal,
+    text,
 )
 from airflow_provider_readreceipts.receipts import (
     InvalidInputError,
@@ -55,8 +59,9 @@ from airflow_provider_readreceipts.receipts import (
     WebhookAuthError,
     WebhookPayloadError,
 )
+from airflow_provider_readreceipts.vendors.chert import SPEC
 
-VENDOR = "chert"
+VENDOR = SPEC.conn_type
 API_ROOT_PATH = "/api/v1"
 AUTH_MODES = ("hmac", "bearer")
 #: Chert refuses request timestamps further off than this, and so does the webhook check.
@@ -69,36 +74,36 @@ REACTION_EVENTS = ("reaction.added", "reaction.removed")
 
 #: Where a webhook's message id may be: the documented ``data.message.id`` first, then the legacy
 #: top-level aliases Chert mentions (``message_guid``) and flat layouts seen in other versions.
-MESSAGE_ID_PATHS: tuple[tuple[str, ...], ...] = (
-    ("data", "message", "id"),
-    ("data", "message_id"),
-    ("message_id",),
-    ("message_guid",),
-    ("data", "message_guid"),
+MESSAGE_ID_PATHS: tuple[str, ...] = (
+    "data.message.id",
+    "data.message_id",
+    "message_id",
+    "message_guid",
+    "data.message_guid",
 )
 #: Reaction payloads are undocumented: the reacted-to message, by the most specific path first.
-REACTION_MESSAGE_ID_PATHS: tuple[tuple[str, ...], ...] = (
-    ("data", "reaction", "message_id"),
-    ("data", "reaction", "target_message_id"),
-    ("data", "target_message_id"),
+REACTION_MESSAGE_ID_PATHS: tuple[str, ...] = (
+    "data.reaction.message_id",
+    "data.reaction.target_message_id",
+    "data.target_message_id",
     *MESSAGE_ID_PATHS,
 )
-CHAT_ID_PATHS: tuple[tuple[str, ...], ...] = (("data", "chat", "id"), ("data", "chat_id"), ("chat_id",))
-SENDER_PATHS: tuple[tuple[str, ...], ...] = (
-    ("data", "message", "sender_handle", "handle"),
-    ("data", "reaction", "sender_handle", "handle"),
-    ("data", "sender_handle", "handle"),
-    ("from",),
+CHAT_ID_PATHS: tuple[str, ...] = ("data.chat.id", "data.chat_id", "chat_id")
+SENDER_PATHS: tuple[str, ...] = (
+    "data.message.sender_handle.handle",
+    "data.reaction.sender_handle.handle",
+    "data.sender_handle.handle",
+    "from",
 )
-EVENT_ID_PATHS: tuple[tuple[str, ...], ...] = (("event_id",),)
+EVENT_ID_PATHS: tuple[str, ...] = ("event_id",)
 #: Where the signed body names its event, most specific first; a bare ``type`` is only a fallback
 #: after the (unsigned) ``X-Webhook-Event`` header, since it may mean something else.
-EVENT_NAME_PATHS: tuple[tuple[str, ...], ...] = (("event",), ("event_type",))
-FALLBACK_EVENT_NAME_PATHS: tuple[tuple[str, ...], ...] = (("type",),)
-OCCURRED_AT_PATHS: tuple[tuple[str, ...], ...] = (
-    ("timestamp",),
-    ("data", "message", "created_at"),
-    ("data", "reaction", "created_at"),
+EVENT_NAME_PATHS: tuple[str, ...] = ("event", "event_type")
+FALLBACK_EVENT_NAME_PATHS: tuple[str, ...] = ("type",)
+OCCURRED_AT_PATHS: tuple[str, ...] = (
+    "timestamp",
+    "data.message.created_at",
+    "data.reaction.created_at",
 )
 
 _FAILED_STATUSES = frozenset({"failed", "error"})
@@ -122,7 +127,7 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-class ChertHook(ReadReceiptsHook):
+class ChertHook(ReadReceiptsHook, spec=SPEC):
     """
     Talk to the Chert Messaging API.
 
@@ -135,18 +140,10 @@ class ChertHook(ReadReceiptsHook):
     :param kwargs: timeouts and retry bounds, see :class:`ReadReceiptsHook`.
     """
 
-    conn_name_attr = "chert_conn_id"
-    default_conn_name = "chert_default"
-    conn_type = "chert"
-    hook_name = "Chert (iMessage)"
-    vendor_name = "Chert"
-    default_base_url = "https://console.trychert.com/api/v1"
-    secret_extras = ("webhook_secret",)
-
     #: A chat id no tenant has: listing its messages answers 404 code 2002 once auth passed.
     PROBE_CHAT_ID = "airflow-connection-test"
 
-    def __init__(self, *, chert_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(self, *, chert_conn_id: str = SPEC.default_conn_id, **kwargs: Any) -> None:
         super().__init__(conn_id=chert_conn_id, **kwargs)
         self.chert_conn_id = chert_conn_id
 
@@ -307,7 +304,7 @@ class ChertHook(ReadReceiptsHook):
         chat_id = require_text(chat, field="chat")
         listing = await self.alist_messages(chat_id)
         for message in _messages_of(listing):
-            if _text(message.get("id")) == wanted:
+            if text(message.get("id")) == wanted:
                 return receipt_events_from_message(message, conn_id=self.chert_conn_id, chat_id=chat_id)
         return []
 
@@ -352,23 +349,21 @@ class ChertHook(ReadReceiptsHook):
         """
         body = request.json_object()
         event = (
-            _first_text(body, EVENT_NAME_PATHS)
-            or _text(request.headers.get("x-webhook-event")).strip()
-            or _first_text(body, FALLBACK_EVENT_NAME_PATHS)
+            first_text(body, EVENT_NAME_PATHS)
+            or text(request.headers.get("x-webhook-event")).strip()
+            or first_text(body, FALLBACK_EVENT_NAME_PATHS)
         )
         if not event:
             raise WebhookPayloadError("the event name is missing (X-Webhook-Event header or body 'event')")
-        event_id = (
-            _first_text(body, EVENT_ID_PATHS) or _text(request.headers.get("x-webhook-event-id")).strip()
-        )
+        event_id = first_text(body, EVENT_ID_PATHS) or text(request.headers.get("x-webhook-event-id")).strip()
         is_reaction = event in REACTION_EVENTS
-        message_id = _first_text(body, REACTION_MESSAGE_ID_PATHS if is_reaction else MESSAGE_ID_PATHS)
+        message_id = first_text(body, REACTION_MESSAGE_ID_PATHS if is_reaction else MESSAGE_ID_PATHS)
         if not message_id:
             if event == EVENT_MESSAGE_RECEIVED or is_reaction:
                 raise WebhookPayloadError(f"{event}: the message id is missing (data.message.id)")
             # An event this package does not know and cannot tie to a message: acknowledge it.
             return []
-        is_group = _dig(body, ("data", "chat", "is_group")) is True
+        is_group = dig(body, "data.chat.is_group") is True
         return [
             ReceiptEvent(
                 vendor=VENDOR,
@@ -377,9 +372,9 @@ class ChertHook(ReadReceiptsHook):
                 status=Status.RECEIVED if event == EVENT_MESSAGE_RECEIVED else Status.UNKNOWN,
                 raw_status=event,
                 # In a group chat, who wrote or reacted; a 1:1 chat's id already says who.
-                participant=_first_text(body, SENDER_PATHS) if is_group else "",
-                chat_id=_first_text(body, CHAT_ID_PATHS),
-                occurred_at=parse_timestamp(_first_value(body, OCCURRED_AT_PATHS)),
+                participant=first_text(body, SENDER_PATHS) if is_group else "",
+                chat_id=first_text(body, CHAT_ID_PATHS),
+                occurred_at=parse_timestamp(first(body, OCCURRED_AT_PATHS, is_present)),
                 event_id=event_id,
                 payload=body,
             )
@@ -414,11 +409,11 @@ def receipt_events_from_message(
     :param conn_id: the Airflow connection the events belong to.
     :param chat_id: the chat the message was listed in (used when the row names none).
     """
-    message_id = _text(message.get("id"))
+    message_id = text(message.get("id"))
     if not message_id:
         return []
-    chat = _text(message.get("chat_id")) or chat_id
-    raw_status = _text(message.get("status")).strip()
+    chat = text(message.get("chat_id")) or chat_id
+    raw_status = text(message.get("status")).strip()
     status_word = raw_status.lower()
     payload = dict(message)
 
@@ -435,7 +430,7 @@ def receipt_events_from_message(
             **errors,
         )
 
-    if _text(message.get("direction")).lower() == "inbound":
+    if text(message.get("direction")).lower() == "inbound":
         return [event(Status.RECEIVED, raw_status or "inbound", message.get("created_at"))]
 
     events = []
@@ -508,37 +503,5 @@ def _messages_of(listing: Any) -> list[Mapping[str, Any]]:
 def _message_error(message: Mapping[str, Any]) -> tuple[str, str]:
     error = message.get("error")
     if isinstance(error, Mapping):
-        return _text(error.get("code")), _text(error.get("message"))
-    return _text(message.get("error_code")), _text(message.get("error_message") or error)
-
-
-def _dig(document: Any, path: Sequence[str]) -> Any:
-    for key in path:
-        if not isinstance(document, Mapping):
-            return None
-        document = document.get(key)
-    return document
-
-
-def _first_value(document: Any, paths: Sequence[Sequence[str]]) -> Any:
-    for path in paths:
-        value = _dig(document, path)
-        if value not in (None, ""):
-            return value
-    return None
-
-
-def _first_text(document: Any, paths: Sequence[Sequence[str]]) -> str:
-    """The first path holding a string or a number, as text; ``""`` when none does."""
-    for path in paths:
-        value = _dig(document, path)
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
-            continue
-        text = str(value).strip()
-        if text:
-            return text
-    return ""
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+        return text(error.get("code")), text(error.get("message"))
+    return text(message.get("error_code")), text(message.get("error_message") or error)

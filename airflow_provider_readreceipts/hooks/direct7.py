@@ -27,13 +27,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from airflow_provider_readreceipts.hooks.base import (
-    ReadReceiptsHook,
+from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
+from airflow_provider_readreceipts.hooks.inputs import normalize_e164, require_text
+from airflow_provider_readreceipts.hooks.payload import (
     WebhookRequest,
-    normalize_e164,
+    first_text,
     parse_timestamp,
-    require_text,
     secrets_equal,
+    text,
 )
 from airflow_provider_readreceipts.receipts import (
     InvalidInputError,
@@ -43,6 +44,7 @@ from airflow_provider_readreceipts.receipts import (
     WebhookAuthError,
     WebhookPayloadError,
 )
+from airflow_provider_readreceipts.vendors.direct7 import SPEC
 
 #: Direct7's report statuses, compared in lower case (reports write "Read", status look-ups "read").
 STATUS_MAP: dict[str, Status] = {
@@ -72,7 +74,7 @@ INBOUND_SENDER_FIELDS = ("from", "sender", "from_number", "originator")
 _DIGITS_ONLY = re.compile(r"\d{6,15}")
 
 
-class Direct7Hook(ReadReceiptsHook):
+class Direct7Hook(ReadReceiptsHook, spec=SPEC):
     """
     Talk to the Direct7 Networks WhatsApp API.
 
@@ -86,15 +88,7 @@ class Direct7Hook(ReadReceiptsHook):
     :param kwargs: timeouts and retry bounds, see :class:`ReadReceiptsHook`.
     """
 
-    conn_name_attr = "direct7_conn_id"
-    default_conn_name = "direct7_default"
-    conn_type = "direct7"
-    hook_name = "Direct7 Networks (WhatsApp)"
-    vendor_name = "Direct7"
-    default_base_url = "https://api.d7networks.com"
-    secret_extras = ("webhook_token",)
-
-    def __init__(self, *, direct7_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(self, *, direct7_conn_id: str = SPEC.default_conn_id, **kwargs: Any) -> None:
         super().__init__(conn_id=direct7_conn_id, **kwargs)
         self.direct7_conn_id = direct7_conn_id
 
@@ -304,8 +298,10 @@ class Direct7Hook(ReadReceiptsHook):
             raise WebhookPayloadError("event_type must be a string")
         if (event_type or "").upper() == DELIVERY_EVENTS or (event_type is None and "request_id" in item):
             return [self._parse_delivery_report(conn_id, item)]
-        message_id = _first_text(item, self._inbound_fields("inbound_message_id_field", INBOUND_ID_FIELDS))
-        sender = _first_text(item, self._inbound_fields("inbound_sender_field", INBOUND_SENDER_FIELDS))
+        message_id = (
+            first_text(item, self._inbound_fields("inbound_message_id_field", INBOUND_ID_FIELDS)) or None
+        )
+        sender = first_text(item, self._inbound_fields("inbound_sender_field", INBOUND_SENDER_FIELDS)) or None
         if message_id is None and sender is None:
             if event_type is not None:
                 return []  # an event type this package does not use (no message, no status)
@@ -318,7 +314,7 @@ class Direct7Hook(ReadReceiptsHook):
             raise WebhookPayloadError("inbound message without a sender (from, sender or originator)")
         return [
             ReceiptEvent(
-                vendor="direct7",
+                vendor=SPEC.conn_type,
                 conn_id=conn_id,
                 message_id=message_id,
                 status=Status.RECEIVED,
@@ -369,7 +365,7 @@ def _delivery_event(
     failed = status is Status.FAILED
     recipient = report.get("recipient")
     return ReceiptEvent(
-        vendor="direct7",
+        vendor=SPEC.conn_type,
         conn_id=conn_id,
         # The send operator only learns request_id, and the read sensor waits on it.
         message_id=request_id,
@@ -377,8 +373,8 @@ def _delivery_event(
         raw_status=raw_status,
         chat_id=_phone_text(recipient) if recipient else default_chat,
         occurred_at=_timestamp(report.get("timestamp")),
-        error_code=_text(report.get("error_code")) if failed else "",
-        error_message=_text(report.get("reason") or report.get("error_message")) if failed else "",
+        error_code=text(report.get("error_code")) if failed else "",
+        error_message=text(report.get("reason") or report.get("error_message")) if failed else "",
         payload=dict(report),
     )
 
@@ -408,15 +404,6 @@ def _items(document: Any) -> Iterator[Mapping[str, Any]]:
         yield {**shared, **element}
 
 
-def _first_text(item: Mapping[str, Any], fields: tuple[str, ...]) -> str | None:
-    """The first of ``fields`` that holds a non-empty string or number, as text."""
-    for name in fields:
-        value = item.get(name)
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value).strip()
-    return None
-
-
 def _describe_validation_error(entry: Any) -> str:
     """One FastAPI validation error as ``field: problem``, e.g. ``messages[0].originator: field required``."""
     if not isinstance(entry, Mapping):
@@ -426,15 +413,15 @@ def _describe_validation_error(entry: Any) -> str:
     field = ""
     for part in parts:
         field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-    problem = _text(entry.get("msg")) or _text(entry.get("type")) or "invalid"
+    problem = text(entry.get("msg")) or text(entry.get("type")) or "invalid"
     return f"{field}: {problem}" if field else problem
 
 
 def _phone_text(value: Any) -> str:
     """A number as E.164 text where it plainly is one (``9715...`` gains its ``+``); else as given."""
-    text = _text(value).strip()
-    compact = re.sub(r"[\s\-()]", "", text)
-    return f"+{compact}" if _DIGITS_ONLY.fullmatch(compact) else text
+    given = text(value).strip()
+    compact = re.sub(r"[\s\-()]", "", given)
+    return f"+{compact}" if _DIGITS_ONLY.fullmatch(compact) else given
 
 
 def _timestamp(value: Any) -> datetime | None:
@@ -445,19 +432,19 @@ def _timestamp(value: Any) -> datetime | None:
 
 
 def _text_body(value: Any) -> str:
-    text = require_text(value, field="body")
-    if len(text) > MAX_TEXT_LENGTH:
-        raise InvalidInputError("body", f"{len(text)} characters; WhatsApp accepts at most {MAX_TEXT_LENGTH}")
-    return text
+    body = require_text(value, field="body")
+    if len(body) > MAX_TEXT_LENGTH:
+        raise InvalidInputError("body", f"{len(body)} characters; WhatsApp accepts at most {MAX_TEXT_LENGTH}")
+    return body
 
 
 def _http_url(value: Any, *, field: str) -> str:
-    text = require_text(value, field=field)
-    parts = urlsplit(text)
+    url = require_text(value, field=field)
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         # Not quoting the URL: a report URL carries the webhook token.
         raise InvalidInputError(field, "must be an http:// or https:// URL with a host")
-    return text
+    return url
 
 
 def _path_segment(value: str) -> str:
@@ -467,7 +454,3 @@ def _path_segment(value: str) -> str:
 
 def _report_path(request_id: str) -> str:
     return f"/whatsapp/v2/report/{_path_segment(request_id)}"
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)

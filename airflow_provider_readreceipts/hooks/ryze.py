@@ -25,17 +25,20 @@ expect.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-from airflow_provider_readreceipts.hooks.base import (
-    ReadReceiptsHook,
+from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
+from airflow_provider_readreceipts.hooks.inputs import normalize_e164, require_text
+from airflow_provider_readreceipts.hooks.payload import (
     WebhookRequest,
-    normalize_e164,
+    dig,
+    first,
+    is_text,
     parse_timestamp,
-    require_text,
     secrets_equal,
+    text,
 )
 from airflow_provider_readreceipts.receipts import (
     InvalidInputError,
@@ -46,8 +49,9 @@ from airflow_provider_readreceipts.receipts import (
     WebhookPayloadError,
     WebhookRejected,
 )
+from airflow_provider_readreceipts.vendors.ryze import SPEC
 
-VENDOR = "ryze"
+VENDOR = SPEC.conn_type
 
 #: Status names as RyzeAPI writes them (lower case; ``-`` read as ``_``). ``read_self`` and
 #: ``played_self`` mean *we* read an inbound message on another device, not that the recipient
@@ -146,33 +150,33 @@ def normalize_recipient(value: Any, *, field: str) -> str:
         (trying Brazilian numbers with and without the extra 9) while a JID names one account.
     :param field: the argument's name, for the error message.
     """
-    text = require_text(value, field=field)
-    if "@" in text:
-        jid = text.lower()
+    given = require_text(value, field=field)
+    if "@" in given:
+        jid = given.lower()
         if any(pattern.fullmatch(jid) for pattern in _CHAT_JIDS):
             return jid
         raise InvalidInputError(
             field,
-            f"{text!r} is not a WhatsApp JID; expected <digits>@s.whatsapp.net, <digits>@lid, "
+            f"{given!r} is not a WhatsApp JID; expected <digits>@s.whatsapp.net, <digits>@lid, "
             "<digits>@g.us or <digits>@newsletter",
         )
-    if text.isdigit() and text.isascii():
+    if given.isdigit() and given.isascii():
         # RyzeAPI's own form: country code first, no "+". Valid only if it is valid read that way.
         try:
-            return normalize_e164(f"+{text}", field=field).lstrip("+")
+            return normalize_e164(f"+{given}", field=field).lstrip("+")
         except InvalidInputError:
             raise InvalidInputError(
                 field,
-                f"{text!r} read country code first, as RyzeAPI reads digits, is not a valid phone "
+                f"{given!r} read country code first, as RyzeAPI reads digits, is not a valid phone "
                 "number; write it in E.164 with its country code, e.g. +14155551234",
             ) from None
-    if not text.startswith("+"):
+    if not given.startswith("+"):
         raise InvalidInputError(
             field,
-            f"{text!r} is not in international form: write phone numbers in E.164 (e.g. "
+            f"{given!r} is not in international form: write phone numbers in E.164 (e.g. "
             "+5511987654321) or pass a JID such as 5511987654321@s.whatsapp.net",
         )
-    return normalize_e164(text, field=field).lstrip("+")
+    return normalize_e164(given, field=field).lstrip("+")
 
 
 def normalize_sender(value: Any, *, field: str = "sender") -> str:
@@ -183,14 +187,14 @@ def normalize_sender(value: Any, *, field: str = "sender") -> str:
         becomes ``<digits>@s.whatsapp.net``.
     :param field: the argument's name, for the error message.
     """
-    text = require_text(value, field=field)
-    if "@" not in text:
-        return f"{normalize_recipient(text, field=field)}@s.whatsapp.net"
-    jid = text.lower()
+    given = require_text(value, field=field)
+    if "@" not in given:
+        return f"{normalize_recipient(given, field=field)}@s.whatsapp.net"
+    jid = given.lower()
     if any(pattern.fullmatch(jid) for pattern in _SENDER_JIDS):
         return jid
     raise InvalidInputError(
-        field, f"{text!r} is not a person's JID; expected <digits>@s.whatsapp.net or <digits>@lid"
+        field, f"{given!r} is not a person's JID; expected <digits>@s.whatsapp.net or <digits>@lid"
     )
 
 
@@ -202,13 +206,13 @@ def sent_message_id(response: Any) -> str | None:
     or under ``data`` (its general envelope), so both are read.
     """
     for path in ("messageId", "data.messageId", "message_id", "data.message_id", "data.id", "key.id"):
-        value = _resolve(response, path)
+        value = dig(response, path)
         if isinstance(value, str) and value:
             return value
     return None
 
 
-class RyzeHook(ReadReceiptsHook):
+class RyzeHook(ReadReceiptsHook, spec=SPEC):
     """
     Talk to RyzeAPI, a WhatsApp gateway.
 
@@ -222,15 +226,7 @@ class RyzeHook(ReadReceiptsHook):
     :param kwargs: timeouts and retry bounds, see :class:`ReadReceiptsHook`.
     """
 
-    conn_name_attr = "ryze_conn_id"
-    default_conn_name = "ryze_default"
-    conn_type = "ryze"
-    hook_name = "RyzeAPI (WhatsApp)"
-    vendor_name = "RyzeAPI"
-    default_base_url = "https://ryzeapi.cloud"
-    secret_extras = ("webhook_authorization",)
-
-    def __init__(self, *, ryze_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(self, *, ryze_conn_id: str = SPEC.default_conn_id, **kwargs: Any) -> None:
         super().__init__(conn_id=ryze_conn_id, **kwargs)
         self.ryze_conn_id = ryze_conn_id
 
@@ -405,7 +401,7 @@ class RyzeHook(ReadReceiptsHook):
                 message_id=message_id,
                 status=status,
                 raw_status=raw_status,
-                chat_id=_text(snapshot.get("chat_jid")) or chat,
+                chat_id=text(snapshot.get("chat_jid")) or chat,
                 payload=dict(snapshot),
             )
         ]
@@ -495,7 +491,7 @@ class RyzeHook(ReadReceiptsHook):
         return _exchange_events(conn_id, body, payload)
 
     def _check_webhook_instance(self, conn_id: str, body: Mapping[str, Any]) -> None:
-        sent_for = _resolve(body, "instanceData.instance")
+        sent_for = dig(body, "instanceData.instance")
         if not isinstance(sent_for, str) or not sent_for:
             raise WebhookPayloadError("instanceData.instance is missing")
         if sent_for != self.instance:
@@ -514,20 +510,20 @@ class RyzeHook(ReadReceiptsHook):
         self, conn_id: str, body: Mapping[str, Any], payload: Mapping[str, Any]
     ) -> list[ReceiptEvent]:
         id_paths = self._paths("webhook_message_id_path")
-        found_ids = _first(body, id_paths, _is_message_ids)
+        found_ids = first(body, id_paths, _is_message_ids)
         if found_ids is None:
             raise WebhookPayloadError(f"no message id at {', '.join(id_paths)}")
         status_paths = self._paths("webhook_status_path")
-        raw = _first(body, status_paths, _is_status_value)
+        raw = first(body, status_paths, _is_status_value)
         if raw is None:
             raise WebhookPayloadError(f"no status at {', '.join(status_paths)}")
         status, raw_status = normalize_status(raw)
-        chat = _first(body, self._paths("webhook_chat_path"), _is_text) or ""
+        chat = first(body, self._paths("webhook_chat_path"), is_text) or ""
         participant = ""
         if is_group_jid(chat):
-            participant = _first(body, self._paths("webhook_participant_path"), _is_text) or ""
-        occurred_at = parse_timestamp(_first(body, self._paths("webhook_timestamp_path"), _is_timestamp))
-        error_message = _first(body, ("data.error.message", "data.error"), _is_text) or ""
+            participant = first(body, self._paths("webhook_participant_path"), is_text) or ""
+        occurred_at = parse_timestamp(first(body, self._paths("webhook_timestamp_path"), _is_timestamp))
+        error_message = first(body, ("data.error.message", "data.error"), is_text) or ""
         message_ids = [found_ids] if isinstance(found_ids, str) else found_ids
         return [
             ReceiptEvent(
@@ -565,17 +561,17 @@ def normalize_status(raw: Any) -> tuple[Status, str]:
 
 
 def _exchange_events(conn_id: str, body: Mapping[str, Any], payload: Mapping[str, Any]) -> list[ReceiptEvent]:
-    direction = _resolve(body, "data.direction")
+    direction = dig(body, "data.direction")
     if isinstance(direction, str) and direction:
         if direction.lower() in _OUTBOUND_DIRECTIONS:
             return []  # our own message echoed back, not something someone sent us
-    elif any(_resolve(body, path) is True for path in _FROM_ME_PATHS):
+    elif any(dig(body, path) is True for path in _FROM_ME_PATHS):
         return []
-    message_id = _first(body, _EXCHANGE_ID_PATHS, _is_text)
+    message_id = first(body, _EXCHANGE_ID_PATHS, is_text)
     if message_id is None:
         raise WebhookPayloadError(f"no message id at {', '.join(_EXCHANGE_ID_PATHS)}")
-    chat = _first(body, _EXCHANGE_CHAT_PATHS, _is_text) or ""
-    author = _first(body, _EXCHANGE_AUTHOR_PATHS, _is_text) or ""
+    chat = first(body, _EXCHANGE_CHAT_PATHS, is_text) or ""
+    author = first(body, _EXCHANGE_AUTHOR_PATHS, is_text) or ""
     return [
         ReceiptEvent(
             vendor=VENDOR,
@@ -585,47 +581,20 @@ def _exchange_events(conn_id: str, body: Mapping[str, Any], payload: Mapping[str
             raw_status="received",
             participant=author if is_group_jid(chat) else "",
             chat_id=chat or author,
-            occurred_at=parse_timestamp(_first(body, _EXCHANGE_TIME_PATHS, _is_timestamp)),
+            occurred_at=parse_timestamp(first(body, _EXCHANGE_TIME_PATHS, _is_timestamp)),
             payload=payload,
         )
     ]
 
 
-def _resolve(document: Any, path: str) -> Any:
-    """The value at a dotted path (``data.key.id``; digits index lists), or ``None``."""
-    current = document
-    for part in path.split("."):
-        if isinstance(current, Mapping):
-            current = current.get(part)
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
-            current = current[int(part)]
-        else:
-            return None
-        if current is None:
-            return None
-    return current
-
-
-def _first(document: Any, paths: tuple[str, ...], usable: Callable[[Any], bool]) -> Any:
-    for path in paths:
-        value = _resolve(document, path)
-        if usable(value):
-            return value
-    return None
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
 def _is_message_ids(value: Any) -> bool:
     if isinstance(value, list):
-        return bool(value) and all(_is_text(item) for item in value)
-    return _is_text(value)
+        return bool(value) and all(is_text(item) for item in value)
+    return is_text(value)
 
 
 def _is_status_value(value: Any) -> bool:
-    return _is_text(value) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    return is_text(value) or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _is_timestamp(value: Any) -> bool:
@@ -639,7 +608,3 @@ def _without_token(body: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(instance_data, Mapping) and "token" in instance_data:
         kept["instanceData"] = {k: v for k, v in instance_data.items() if k != "token"}
     return kept
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)

@@ -10,14 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_readreceipts.hooks.base import (
-    ReadReceiptsHook,
-    WebhookRequest,
-    normalize_e164,
-    parse_timestamp,
-    require_text,
-    secrets_equal,
-)
+from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
+from airflow_provider_readreceipts.hooks.inputs import normalize_e164, require_text
+from airflow_provider_readreceipts.hooks.payload import WebhookRequest, parse_timestamp, secrets_equal, text
 from airflow_provider_readreceipts.receipts import (
     InvalidInputError,
     ReceiptEvent,
@@ -25,6 +20,7 @@ from airflow_provider_readreceipts.receipts import (
     WebhookAuthError,
     WebhookPayloadError,
 )
+from airflow_provider_readreceipts.vendors.sendblue import SPEC
 
 STATUS_MAP: dict[str, Status] = {
     **dict.fromkeys(("QUEUED", "PENDING", "REGISTERED", "ACCEPTED"), Status.QUEUED),
@@ -36,7 +32,7 @@ STATUS_MAP: dict[str, Status] = {
 DEFAULT_WEBHOOK_SECRET_HEADER = "sb-signing-secret"  # noqa: S105 - a header name, not a secret
 
 
-class SendblueHook(ReadReceiptsHook):
+class SendblueHook(ReadReceiptsHook, spec=SPEC):
     """
     Talk to the Sendblue API.
 
@@ -47,15 +43,7 @@ class SendblueHook(ReadReceiptsHook):
     :param kwargs: timeouts and retry bounds, see :class:`ReadReceiptsHook`.
     """
 
-    conn_name_attr = "sendblue_conn_id"
-    default_conn_name = "sendblue_default"
-    conn_type = "sendblue"
-    hook_name = "Sendblue (iMessage)"
-    vendor_name = "Sendblue"
-    default_base_url = "https://api.sendblue.co"
-    secret_extras = ("webhook_secret",)
-
-    def __init__(self, *, sendblue_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(self, *, sendblue_conn_id: str = SPEC.default_conn_id, **kwargs: Any) -> None:
         super().__init__(conn_id=sendblue_conn_id, **kwargs)
         self.sendblue_conn_id = sendblue_conn_id
 
@@ -150,15 +138,15 @@ class SendblueHook(ReadReceiptsHook):
             return []
         return [
             ReceiptEvent(
-                vendor="sendblue",
+                vendor=SPEC.conn_type,
                 conn_id=self.sendblue_conn_id,
                 message_id=message_id,
                 status=status,
                 raw_status=raw_status,
-                chat_id=_text(message.get("number")) or chat,
+                chat_id=text(message.get("number")) or chat,
                 occurred_at=parse_timestamp(message.get("date_updated")),
-                error_code=_text(message.get("error_code")),
-                error_message=_text(message.get("error_message")),
+                error_code=text(message.get("error_code")),
+                error_message=text(message.get("error_message")),
                 payload=message,
             )
         ]
@@ -207,22 +195,22 @@ class SendblueHook(ReadReceiptsHook):
             raise WebhookPayloadError("status is missing")
         status = Status.RECEIVED if inbound else STATUS_MAP.get(str(raw_status).upper(), Status.UNKNOWN)
         group = body.get("message_type") == "group" or bool(body.get("group_id"))
-        number = _text(body.get("number")) or _text(
+        number = text(body.get("number")) or text(
             body.get("from_number") if inbound else body.get("to_number")
         )
         return [
             ReceiptEvent(
-                vendor="sendblue",
+                vendor=SPEC.conn_type,
                 conn_id=request.conn_id,
                 message_id=message_id,
                 status=status,
                 raw_status=str(raw_status or "RECEIVED"),
                 # In a group, each reader produces its own READ, naming the reader in `number`.
                 participant=number if group and status is Status.READ else "",
-                chat_id=(_text(body.get("group_id")) if group else number) or "",
+                chat_id=(text(body.get("group_id")) if group else number) or "",
                 occurred_at=parse_timestamp(body.get("date_updated") or body.get("date_sent")),
-                error_code=_text(body.get("error_code")),
-                error_message=_text(body.get("error_message")),
+                error_code=text(body.get("error_code")),
+                error_message=text(body.get("error_message")),
                 payload=body,
             )
         ]
@@ -235,7 +223,3 @@ class SendblueHook(ReadReceiptsHook):
             if getattr(exc, "status_code", None) == 404:
                 return
             raise
-
-
-def _text(value: Any) -> str:
-    return "" if value is None else str(value)
