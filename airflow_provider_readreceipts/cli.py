@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from airflow_provider_readreceipts.hooks.store import ReceiptStore
+    from airflow_provider_readreceipts.store import ReceiptStore
 
 STORE_URL_ENV = "READRECEIPTS_STORE_URL"
 
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open_store(arguments: argparse.Namespace) -> ReceiptStore:
-    from airflow_provider_readreceipts.hooks.store import ReceiptStore
+    from airflow_provider_readreceipts.store import ReceiptStore
 
     if arguments.store_url:
         return ReceiptStore(arguments.store_url)
@@ -106,7 +106,7 @@ def _describe_heartbeat(last: datetime | None) -> str:
 
 
 def _status(store: ReceiptStore) -> int:
-    from airflow_provider_readreceipts.hooks.store import SCHEMA_VERSION
+    from airflow_provider_readreceipts.store import SCHEMA_VERSION
 
     version = store.schema_version()
     print(f"store: {store.url_for_display}")

@@ -283,7 +283,7 @@ def count_stored(store_url: str, tag: str) -> int:
     """Events of one run in the store, counted through a connection of our own."""
     import sqlalchemy as sa
 
-    from airflow_provider_readreceipts.hooks.store import ReceiptStore, events_table
+    from airflow_provider_readreceipts.store import ReceiptStore, events_table
 
     store = ReceiptStore(store_url)
     try:
@@ -313,7 +313,7 @@ def stage_costs(workdir: Path) -> dict[str, float]:
     )
     from airflow_provider_readreceipts.hooks import hook_for
     from airflow_provider_readreceipts.hooks.base import WebhookRequest
-    from airflow_provider_readreceipts.hooks.store import ReceiptStore, validate_events
+    from airflow_provider_readreceipts.store import ReceiptStore, validate_events
 
     hook = hook_for(CONN_ID, "sendblue")
     body = json.dumps(

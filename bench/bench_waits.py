@@ -109,7 +109,7 @@ class Store:
             with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
                 admin.execute(f'CREATE SCHEMA "{self.schema}"')
             self.url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{self.schema}"
-        from airflow_provider_readreceipts.hooks.store import ReceiptStore
+        from airflow_provider_readreceipts.store import ReceiptStore
 
         self.store = ReceiptStore(self.url)
         self.store.migrate()
@@ -207,7 +207,7 @@ async def waits_phase(
 ) -> dict[str, Any]:
     from airflow.jobs.triggerer_job_runner import TriggerRunner
 
-    from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore
+    from airflow_provider_readreceipts.store import AsyncReceiptStore
     from airflow_provider_readreceipts.triggers import _poller
     from airflow_provider_readreceipts.triggers.read_receipt import ReadReceiptTrigger
 

@@ -25,7 +25,7 @@ SUPPORT_CONN_ID = "ryze_default"
 
 async def chats_that_wrote(conn_id: str, since: datetime) -> list[str]:
     """Every chat with an inbound message on ``conn_id`` stored since ``since``, oldest first."""
-    from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore
+    from airflow_provider_readreceipts.store import AsyncReceiptStore
 
     chats: dict[str, None] = {}
     async with await AsyncReceiptStore.from_airflow() as store:

@@ -36,8 +36,8 @@ from airflow_provider_readreceipts.triggers._wait import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_readreceipts.hooks.store import ReceiptStore
     from airflow_provider_readreceipts.receipts import MessageRef
+    from airflow_provider_readreceipts.store import ReceiptStore
 
 #: Slack on top of the deadline for Airflow's own timeout of a deferral or a poke loop. It only
 #: fires when the trigger could not report at all (a triggerer down for that long): the task then
@@ -371,7 +371,7 @@ class ReadReceiptSensor(BaseSensorOperator):
 
     def _sync_store(self, target: _Target) -> ReceiptStore:
         if self._store is None:
-            from airflow_provider_readreceipts.hooks.store import ReceiptStore, store_url_from_airflow
+            from airflow_provider_readreceipts.store import ReceiptStore, store_url_from_airflow
 
             try:
                 self._store = ReceiptStore(
@@ -383,7 +383,7 @@ class ReadReceiptSensor(BaseSensorOperator):
         return self._store
 
     def _check_source(self, store: ReceiptStore) -> None:
-        from airflow_provider_readreceipts.hooks.store import StoreError
+        from airflow_provider_readreceipts.store import StoreError
 
         try:
             store.check_schema()
@@ -514,7 +514,7 @@ class ReadReceiptSensor(BaseSensorOperator):
         """
         from sqlalchemy.engine import make_url
 
-        from airflow_provider_readreceipts.hooks.store import DEFAULT_STORE_CONN_ID, store_url_from_airflow
+        from airflow_provider_readreceipts.store import DEFAULT_STORE_CONN_ID, store_url_from_airflow
 
         try:
             url = make_url(store_url_from_airflow(conn_id=self.store_conn_id, path=self.store_path))

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
 if TYPE_CHECKING:
-    from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore
+    from airflow_provider_readreceipts.store import AsyncReceiptStore
     from airflow_provider_readreceipts.triggers.read_receipt import ReceiptEventTrigger
 
 
 async def open_store(trigger: ReceiptEventTrigger) -> tuple[AsyncReceiptStore, int]:
     """The trigger's store and its cursor's saved position."""
-    from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore
+    from airflow_provider_readreceipts.store import AsyncReceiptStore
     from airflow_provider_readreceipts.triggers.read_receipt import resolve_store_url
 
     store = AsyncReceiptStore(await resolve_store_url(trigger.store_conn_id, trigger.store_path))

@@ -7,7 +7,7 @@ interval are 2,000 queries a second. Here every :class:`~.read_receipt.ReadRecei
 process registers its wait with the :class:`StorePoller` of its store, which:
 
 * asks the store for the status of **all** waiting messages in one query per interval
-  (:meth:`AsyncReceiptStore.statuses <airflow_provider_readreceipts.hooks.store.AsyncReceiptStore.statuses>`),
+  (:meth:`AsyncReceiptStore.statuses <airflow_provider_readreceipts.store.AsyncReceiptStore.statuses>`),
   and wakes only the waits whose message changed or whose deadline passed;
 * on PostgreSQL, ``LISTEN``\\s on ``readreceipts`` (the store sends ``NOTIFY`` after each commit), so a
   READ reaches its wait within milliseconds instead of at the next interval;
@@ -53,7 +53,7 @@ from airflow_provider_readreceipts.triggers._wait import (
 
 if TYPE_CHECKING:
     from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
-    from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore
+    from airflow_provider_readreceipts.store import AsyncReceiptStore
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ FINAL_RECONCILE_GRACE = 300.0
 MIN_POLL_GAP = 0.02
 #: Wait before trying the PostgreSQL listener again after it failed or was lost.
 LISTEN_RETRY = 30.0
+#: Seconds the LISTEN connection may take to open before the poller polls without it.
+LISTEN_CONNECT_TIMEOUT = 10.0
 #: A store without any receiver heartbeat is asked again at most this often.
 NO_RECEIVER_RECHECK = 10.0
 #: After a NOTIFY, new events are read in pages of this size, at most this many pages; a larger
@@ -386,7 +388,7 @@ class StorePoller:
             if self._store_factory is not None:
                 self._store = self._store_factory(self.url)
             else:
-                from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore
+                from airflow_provider_readreceipts.store import AsyncReceiptStore
 
                 self._store = AsyncReceiptStore(self.url)
         return self._store
@@ -782,13 +784,11 @@ class StorePoller:
             return
         self._listen_next_try = time.monotonic() + LISTEN_RETRY
         try:
-            import asyncpg
+            from airflow_provider_readreceipts.store import NOTIFY_CHANNEL
+            from airflow_provider_readreceipts.store.engines import connect_asyncpg
 
-            from airflow_provider_readreceipts.hooks.store import NOTIFY_CHANNEL
-
-            url = self.store.url
-            dsn = url.set(drivername="postgresql", query={}).render_as_string(hide_password=False)
-            connection = await asyncpg.connect(dsn, timeout=10)
+            # The store's own connect path: every URL parameter (sslmode, ...) holds here too.
+            connection = await connect_asyncpg(self.store.url, timeout=LISTEN_CONNECT_TIMEOUT)
             await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
             connection.add_termination_listener(self._on_listener_lost)
             self._listener = connection

@@ -50,7 +50,7 @@ from airflow_provider_readreceipts.triggers._wait import (
 if TYPE_CHECKING:
     from airflow.triggers.shared_stream import AdvanceItem, SharedStreamProducer
 
-    from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore, StoredEvent
+    from airflow_provider_readreceipts.store import AsyncReceiptStore, StoredEvent
     from airflow_provider_readreceipts.triggers._poller import StorePoller
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ async def resolve_store_url(store_conn_id: str | None, store_path: str | None) -
 
     :raises WaitFault: the connection is missing or unusable (bad configuration).
     """
-    from airflow_provider_readreceipts.hooks.store import StoreError, astore_url_from_airflow
+    from airflow_provider_readreceipts.store import StoreError, astore_url_from_airflow
 
     try:
         return await astore_url_from_airflow(conn_id=store_conn_id, path=store_path)
@@ -206,7 +206,7 @@ class ReadReceiptTrigger(BaseTrigger):
                 await release_poller(poller)
 
     async def _wait(self) -> dict[str, Any]:
-        from airflow_provider_readreceipts.hooks.store import StoreError
+        from airflow_provider_readreceipts.store import StoreError
         from airflow_provider_readreceipts.triggers._poller import acquire_poller
 
         try:

@@ -4,7 +4,7 @@ stores its receipt events; ``GET /healthz`` tells a load balancer whether the st
 
 The guarantees, and where each is kept:
 
-- **2xx only after the commit.** Events go to the store through the store's ``BatchWriter``,
+- **2xx only after the commit.** Events go to the store through a writer (:class:`~airflow_provider_readreceipts.store.Writer`),
   whose ``submit()`` resolves only once the transaction holding them has committed (group commit:
   one commit for every request that arrived meanwhile, which is what makes durable writes fast).
   The requests of one turn of the event loop are handed over as one submission
@@ -56,8 +56,7 @@ from airflow_provider_readreceipts.webhooks import install_access_log_redaction
 
 if TYPE_CHECKING:
     from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
-    from airflow_provider_readreceipts.hooks.store import BatchWriter, ReceiptStore
-    from airflow_provider_readreceipts.webhooks.writer_process import WriterProcess
+    from airflow_provider_readreceipts.store import ReceiptStore, Writer
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -240,7 +239,7 @@ class Receiver:
         self.receiver_id = receiver_id or default_receiver_id()
         self.heartbeat_seconds = heartbeat_seconds
         self.commit_timeout = commit_timeout
-        self.writer: BatchWriter | WriterProcess | None = None
+        self.writer: Writer | None = None
         self.last_heartbeat_error: str | None = None
         self._ready_lock = asyncio.Lock()
         self._heartbeat_task: asyncio.Task[None] | None = None
@@ -264,13 +263,13 @@ class Receiver:
         if self._submitting:
             await asyncio.gather(*self._submitting, return_exceptions=True)
         if self.writer is not None:
-            await _stop_writer(self.writer)
+            await self.writer.close()
             self.writer = None
         if self._owns_store and self.store is not None:
             await asyncio.to_thread(self.store.close)
             self.store = None
 
-    async def ready_writer(self) -> BatchWriter | WriterProcess:
+    async def ready_writer(self) -> Writer:
         """
         The running batch writer; opens and migrates the store first if that has not succeeded, and
         replaces a writer that died (a writer process that was killed, say).
@@ -280,7 +279,7 @@ class Receiver:
         async with self._ready_lock:
             if self.writer is not None and not self.writer.running:
                 log.warning("The batch writer stopped; starting a new one")
-                await _stop_writer(self.writer)
+                await self.writer.close()
                 self.writer = None
             if self.writer is None:
                 store = await self._ready_store()
@@ -289,14 +288,14 @@ class Receiver:
                 log.info("Receiving webhooks into %s as %s", store.url_for_display, self.receiver_id)
         return self.writer
 
-    async def _start_writer(self, store: ReceiptStore) -> BatchWriter | WriterProcess:
+    async def _start_writer(self, store: ReceiptStore) -> Writer:
         if self.writer_process:
             from airflow_provider_readreceipts.webhooks.writer_process import WriterProcess
 
             process = WriterProcess(store.url.render_as_string(hide_password=False))
             await process.start()
             return process
-        from airflow_provider_readreceipts.hooks.store import BatchWriter
+        from airflow_provider_readreceipts.store import BatchWriter
 
         thread = BatchWriter(store)
         thread.start()
@@ -310,7 +309,7 @@ class Receiver:
     def _open_store(self) -> ReceiptStore:
         if self._store_factory is not None:
             return self._store_factory()
-        from airflow_provider_readreceipts.hooks.store import ReceiptStore
+        from airflow_provider_readreceipts.store import ReceiptStore
 
         return ReceiptStore.from_airflow()
 
@@ -340,7 +339,7 @@ class Receiver:
             loop.call_soon(self._flush, writer)
         return await waiter
 
-    def _flush(self, writer: BatchWriter | WriterProcess) -> None:
+    def _flush(self, writer: Writer) -> None:
         if not self._pending or len(self._submitting) >= HAND_OFFS_IN_FLIGHT:
             return  # a hand-off that finishes flushes what gathered meanwhile
         batch, self._pending = self._pending, []
@@ -348,31 +347,25 @@ class Receiver:
         self._submitting.add(task)
         task.add_done_callback(lambda done: self._handed_off(done, writer))
 
-    def _handed_off(self, task: asyncio.Task[None], writer: BatchWriter | WriterProcess) -> None:
+    def _handed_off(self, task: asyncio.Task[None], writer: Writer) -> None:
         self._submitting.discard(task)
         self._flush(writer)
 
-    async def _submit(
-        self, writer: BatchWriter | WriterProcess, batch: list[tuple[list[ReceiptEvent], _Waiter]]
-    ) -> None:
-        events = [event for request_events, _ in batch for event in request_events]
+    async def _submit(self, writer: Writer, batch: list[tuple[list[ReceiptEvent], _Waiter]]) -> None:
+        # One group per request: the writer's commit rule then fails only the request whose events
+        # no database can hold, and answers every other one from the commit that holds it.
         try:
             # On timeout the wait is cancelled, not the commit: the writer still stores the events
             # (the vendor's retry is then a duplicate); this answer just no longer waits for it.
-            flags = await _wait_at_most(writer.submit(events, source="webhook"), self.commit_timeout)
+            results = await _wait_at_most(
+                writer.submit_groups([events for events, _ in batch], source="webhook"), self.commit_timeout
+            )
         except Exception as exc:
-            if len(batch) == 1 or isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-                for _, waiter in batch:
-                    _settle(waiter, exc)
-                return
-            # One request's events can fail them all (a field no database can hold is refused for
-            # the whole submission): submit each request on its own, so only the culprit fails.
-            await asyncio.gather(*(self._submit(writer, [item]) for item in batch))
+            for _, waiter in batch:
+                _settle(waiter, exc)
             return
-        offset = 0
-        for request_events, waiter in batch:
-            _settle(waiter, flags[offset : offset + len(request_events)])
-            offset += len(request_events)
+        for (_, waiter), result in zip(batch, results, strict=True):
+            _settle(waiter, result)
 
     async def beat(self) -> None:
         """Record one heartbeat (opening the store first if needed)."""
@@ -394,16 +387,6 @@ class Receiver:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             await self._beat_once()
-
-
-async def _stop_writer(writer: BatchWriter | WriterProcess) -> None:
-    """Commit what the writer holds and stop it (a thread is joined off the event loop)."""
-    from airflow_provider_readreceipts.hooks.store import BatchWriter
-
-    if isinstance(writer, BatchWriter):
-        await asyncio.to_thread(writer.stop)
-    else:
-        await writer.stop()
 
 
 def default_receiver_id() -> str:

@@ -103,7 +103,7 @@ def create_standalone_app() -> Any:
     max_body_bytes = int(os.environ.get(MAX_BODY_BYTES_ENV) or 1_048_576)
 
     def open_store() -> Any:
-        from airflow_provider_readreceipts.hooks.store import ReceiptStore
+        from airflow_provider_readreceipts.store import ReceiptStore
 
         return ReceiptStore(store_url) if store_url else ReceiptStore.from_airflow()
 
@@ -129,7 +129,7 @@ def tune_garbage_collector() -> None:
     plugin) the process is not the receiver's to tune.
     """
     from airflow_provider_readreceipts.hooks import HOOK_CLASSES, hook_class_for
-    from airflow_provider_readreceipts.hooks.store import ReceiptStore  # noqa: F401
+    from airflow_provider_readreceipts.store import ReceiptStore  # noqa: F401
 
     for conn_type in HOOK_CLASSES:
         hook_class_for(conn_type)

@@ -1,7 +1,7 @@
 """
 Group commit in a process of its own, for the standalone receiver.
 
-The batch writer thread (:class:`~airflow_provider_readreceipts.hooks.store.BatchWriter`) shares
+The batch writer thread (:class:`~airflow_provider_readreceipts.store.BatchWriter`) shares
 the event loop's GIL: every Python step of a commit (building rows, SQLAlchemy, reading back ids)
 waits for the event loop to let go of the GIL, and the event loop waits for it in turn. Measured on
 one worker, that contention, not the database, capped the receiver at about half the requests per
@@ -38,14 +38,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_provider_readreceipts.hooks.store import (
-    EncodedPayload,
-    ReceiptStore,
-    check_source,
-    payload_text,
-    validate_events,
-)
 from airflow_provider_readreceipts.receipts import InvalidInputError, ReceiptEvent, Status
+from airflow_provider_readreceipts.store import EncodedPayload, ReceiptStore, check_source, payload_text
+from airflow_provider_readreceipts.store.writers import (
+    GroupResult,
+    checked_groups,
+    commit_groups,
+    first_result,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class WriterProcess:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._read_task: asyncio.Task[None] | None = None
-        self._pending: dict[int, asyncio.Future[list[bool]]] = {}
+        self._pending: dict[int, asyncio.Future[list[GroupResult]]] = {}
         self._ids = itertools.count(1)
         self._failure: str | None = None
 
@@ -132,32 +132,71 @@ class WriterProcess:
         """
         Store events; returns once the child has committed them: ``True`` per new event.
 
-        :param events: the events of one or more webhooks.
+        :param events: the events of one webhook.
         :param source: ``"webhook"`` or ``"reconcile"``.
         :raises InvalidInputError: an event no database can store (checked here, nothing sent).
-        :raises WriterProcessError: the child is gone; the events may or may not be stored.
-        :raises Exception: the commit failed in the child (as a :class:`WriterProcessError`).
+        :raises WriterProcessError: the child is gone, or the commit failed in the child; the
+            events may or may not be stored.
         """
-        events = list(events)
-        validate_events(events)
+        return first_result(await self.submit_groups([events], source=source))
+
+    async def submit_groups(
+        self, groups: Sequence[Sequence[ReceiptEvent]], *, source: str
+    ) -> list[GroupResult]:
+        """
+        Store groups of events (one per webhook); one result per group, once the child committed it.
+
+        Groups no database can store are answered here with their :class:`InvalidInputError` and
+        never sent. When the child is gone every group is answered with :class:`WriterProcessError`.
+
+        :param groups: the groups.
+        :param source: ``"webhook"`` or ``"reconcile"``.
+        """
         check_source(source)
-        if not events:
-            return []
+        checked, problems = checked_groups(groups)
+        sendable = [
+            group for group, problem in zip(checked, problems, strict=True) if problem is None and group
+        ]
+        committed: list[GroupResult] = []
+        if sendable:
+            committed = await self._hand_off(sendable, source)
+        answers = iter(committed)
+        return [
+            problem if problem is not None else (next(answers) if group else [])
+            for group, problem in zip(checked, problems, strict=True)
+        ]
+
+    async def _hand_off(self, groups: list[list[ReceiptEvent]], source: str) -> list[GroupResult]:
         if not self.running or self._writer is None:
-            raise WriterProcessError(self._failure or "the writer process is not running")
+            error = WriterProcessError(self._failure or "the writer process is not running")
+            return [error for _ in groups]
         handoff_id = next(self._ids)
-        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[GroupResult]] = asyncio.get_running_loop().create_future()
         try:
-            frame = _frame(("write", handoff_id, source, [_fields_of(event) for event in events]))
+            frame = _frame(
+                ("write", handoff_id, source, [[_fields_of(event) for event in g] for g in groups])
+            )
         except RecursionError:
             # pickle gives up on nesting far shallower than JSON does: send such payloads as the
             # text the store keeps of them anyway.
             frame = _frame(
-                ("write", handoff_id, source, [_fields_of(event, encoded=True) for event in events])
+                (
+                    "write",
+                    handoff_id,
+                    source,
+                    [[_fields_of(event, encoded=True) for event in g] for g in groups],
+                )
             )
         self._pending[handoff_id] = future
         self._writer.write(frame)
-        return await future
+        try:
+            return await future
+        except WriterProcessError as error:
+            return [error for _ in groups]
+
+    async def close(self) -> None:
+        """:meth:`stop` (the :class:`~airflow_provider_readreceipts.store.Writer` protocol)."""
+        await self.stop()
 
     async def stop(self, *, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """Let the child commit what it holds and exit; kill it if it takes longer than ``timeout``."""
@@ -199,16 +238,11 @@ class WriterProcess:
             reply = await self._read_frame()
             if reply is None:
                 break
-            kind, handoff_id, value = reply
+            _, handoff_id, group_replies = reply
             future = self._pending.pop(handoff_id, None)
             if future is None or future.done():
                 continue  # the request went away; its events were committed all the same
-            if kind == "done":
-                future.set_result(value)
-            elif kind == "invalid":
-                future.set_exception(InvalidInputError("event", value))
-            else:
-                future.set_exception(WriterProcessError(f"the commit failed: {value}"))
+            future.set_result([_group_result(kind, value) for kind, value in group_replies])
         returncode = await self._process.wait() if self._process is not None else None
         self._failure = f"the writer process exited (code {returncode})"
         if self._pending:
@@ -227,7 +261,7 @@ def _fields_of(event: ReceiptEvent, *, encoded: bool = False) -> tuple[Any, ...]
     An event as a tuple of plain values: pickled in half the time of the dataclass.
 
     :param encoded: send the payload as the JSON text the store keeps (see
-        :func:`~airflow_provider_readreceipts.hooks.store.payload_text`), not as a mapping.
+        :func:`~airflow_provider_readreceipts.store.payload_text`), not as a mapping.
     """
     return (
         event.vendor,
@@ -283,52 +317,52 @@ class _FrameReader:
         return frames
 
 
-def _commit(store: ReceiptStore, handoffs: list[tuple[int, list[tuple[ReceiptEvent, str]]]]) -> list[Any]:
-    """Commit hand-offs together (each alone if that fails); one reply per hand-off."""
-    entries = [entry for _, handoff in handoffs for entry in handoff]
-    replies: list[Any] = []
-    try:
-        flags = store.record_entries(entries)
-    except Exception as error:
-        if len(handoffs) == 1:
-            return [_failure_reply(handoffs[0][0], error)]
-        log.warning(
-            "Group commit of %d hand-offs failed (%s); committing them one by one", len(handoffs), error
-        )
-        for handoff_id, handoff in handoffs:
-            try:
-                replies.append(("done", handoff_id, store.record_entries(handoff)))
-            except Exception as single_error:
-                replies.append(_failure_reply(handoff_id, single_error))
-        return replies
-    offset = 0
-    for handoff_id, handoff in handoffs:
-        replies.append(("done", handoff_id, flags[offset : offset + len(handoff)]))
-        offset += len(handoff)
-    return replies
+def _commit(store: ReceiptStore, handoffs: list[_HandOff]) -> list[Any]:
+    """Commit the hand-offs' groups together by the one commit rule; one reply per hand-off."""
+    outcome = commit_groups(store.record_entries, [group for _, groups in handoffs for group in groups])
+    results = iter(outcome.results)
+    return [
+        ("done", handoff_id, [_group_reply(next(results)) for _ in groups]) for handoff_id, groups in handoffs
+    ]
 
 
-def _failure_reply(handoff_id: int, error: BaseException) -> tuple[str, int, str]:
-    if isinstance(error, InvalidInputError):
-        return ("invalid", handoff_id, str(error))
+def _group_reply(result: GroupResult) -> tuple[str, Any]:
+    if not isinstance(result, BaseException):
+        return ("done", result)
+    if isinstance(result, InvalidInputError):
+        return ("invalid", str(result))
+    return ("failed", _describe_failure(result))
+
+
+def _group_result(kind: str, value: Any) -> GroupResult:
+    if kind == "done":
+        return list(value)
+    if kind == "invalid":
+        return InvalidInputError("event", value)
+    return WriterProcessError(f"the commit failed: {value}")
+
+
+def _describe_failure(error: BaseException) -> str:
     # The type and first line only: a database error message never carries the store's password.
     text = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return ("failed", handoff_id, f"{type(error).__name__}: {text}" if text else type(error).__name__)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-def _slices(
-    handoffs: list[tuple[int, list[tuple[ReceiptEvent, str]]]],
-) -> list[list[tuple[int, list[tuple[ReceiptEvent, str]]]]]:
-    """Consecutive groups of hand-offs of at most ``MAX_EVENTS_PER_COMMIT`` events (or one hand-off)."""
-    groups: list[list[tuple[int, list[tuple[ReceiptEvent, str]]]]] = [[]]
+_HandOff = tuple[int, list[list[tuple[ReceiptEvent, str]]]]
+
+
+def _slices(handoffs: list[_HandOff]) -> list[list[_HandOff]]:
+    """Consecutive runs of hand-offs of at most ``MAX_EVENTS_PER_COMMIT`` events (or one hand-off)."""
+    runs: list[list[_HandOff]] = [[]]
     count = 0
     for handoff in handoffs:
-        if groups[-1] and count + len(handoff[1]) > MAX_EVENTS_PER_COMMIT:
-            groups.append([])
+        size = sum(len(group) for group in handoff[1])
+        if runs[-1] and count + size > MAX_EVENTS_PER_COMMIT:
+            runs.append([])
             count = 0
-        groups[-1].append(handoff)
-        count += len(handoff[1])
-    return groups
+        runs[-1].append(handoff)
+        count += size
+    return runs
 
 
 def serve(sock: socket.socket) -> int:
@@ -350,7 +384,7 @@ def serve(sock: socket.socket) -> int:
         store = ReceiptStore(opening[0][1])
         store.check_schema()
     except Exception as error:
-        sock.sendall(_frame(("failed", _failure_reply(0, error)[2])))
+        sock.sendall(_frame(("failed", _describe_failure(error))))
         return 1
     sock.sendall(_frame(("ready", "")))
     queued: list[Any] = opening[1:]
@@ -359,15 +393,15 @@ def serve(sock: socket.socket) -> int:
             if not queued:
                 queued = frames.read(wait=True)
             queued += frames.read(wait=False)
-            handoffs = [
-                (handoff_id, [(_event_from(fields), source) for fields in events])
-                for kind, handoff_id, source, events in (frame for frame in queued if frame[0] == "write")
+            handoffs: list[_HandOff] = [
+                (handoff_id, [[(_event_from(fields), source) for fields in group] for group in groups])
+                for kind, handoff_id, source, groups in (frame for frame in queued if frame[0] == "write")
             ]
             stopping = frames.closed or any(frame[0] == "stop" for frame in queued)
             queued = []
             replies: list[Any] = []
-            for group in _slices(handoffs) if handoffs else []:
-                replies += _commit(store, group)
+            for run in _slices(handoffs) if handoffs else []:
+                replies += _commit(store, run)
             if replies and not frames.closed:
                 sock.setblocking(True)
                 try:
