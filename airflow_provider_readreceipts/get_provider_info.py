@@ -38,7 +38,10 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": _SHARED_INTEGRATION, "python-modules": [f"{_PACKAGE}.sensors.read_receipt"]}
         ],
         "triggers": [
-            {"integration-name": _SHARED_INTEGRATION, "python-modules": [f"{_PACKAGE}.triggers.read_receipt"]}
+            {
+                "integration-name": _SHARED_INTEGRATION,
+                "python-modules": [f"{_PACKAGE}.triggers.read_receipt", f"{_PACKAGE}.triggers.events"],
+            }
         ],
         "connection-types": [spec.connection_type() for spec in specs],
     }

@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict
 
-VENDORS = ("sendblue", "chert", "ryze", "direct7")
+from airflow_provider_readreceipts.vendors import SPECS
+
+#: The vendors' connection types (the vendor registry's).
+VENDORS = tuple(SPECS)
 
 
 class Status(str, enum.Enum):
-    """A message's status, normalised across vendors (see CONTRACTS.md, "Shared vocabulary")."""
+    """A message's status, normalised across vendors (the README's "Statuses" table maps each vendor's)."""
 
     QUEUED = "QUEUED"
     SENT = "SENT"

@@ -157,7 +157,7 @@ def naive_trigger_class() -> type:
     """One query per wait per interval: what a trigger without a shared poller does."""
     from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-    from airflow_provider_readreceipts.triggers._wait import WaitPolicy, verdict
+    from airflow_provider_readreceipts.waits import WaitPolicy, verdict
 
     class NaiveReadTrigger(BaseTrigger):
         store: Any = None  # one AsyncReceiptStore for the whole process

@@ -18,6 +18,7 @@ a burst of messages, the last few are handled when the next message comes in.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
@@ -41,7 +42,6 @@ INBOUND_MESSAGES = Asset(
         )
     ],
 )
-VENDORS = ("sendblue", "chert", "ryze", "direct7")
 
 
 # What each vendor's mark-read operator needs, from the event the trigger delivered. The event
@@ -66,6 +66,15 @@ def ryze_read(event: dict[str, Any]) -> dict[str, Any]:
 
 def direct7_read(event: dict[str, Any]) -> dict[str, Any]:
     return {"message_id": event["message_id"], "direct7_conn_id": event["conn_id"]}
+
+
+#: Each vendor's mark-read operator, and what it takes from an event.
+MARK_READ: dict[str, tuple[type[Any], Callable[[dict[str, Any]], dict[str, Any]]]] = {
+    "sendblue": (SendblueMarkReadOperator, sendblue_read),
+    "chert": (ChertMarkReadOperator, chert_read),
+    "ryze": (RyzeMarkReadOperator, ryze_read),
+    "direct7": (Direct7MarkReadOperator, direct7_read),
+}
 
 
 with DAG(
@@ -107,14 +116,7 @@ with DAG(
         return [event for event in events if event["vendor"] == vendor]
 
     handled = handle_messages()
-    by_vendor = {vendor: for_vendor.override(task_id=f"from_{vendor}")(vendor, handled) for vendor in VENDORS}
-
-    # One mapped task per vendor; a vendor with no message this run is simply skipped.
-    SendblueMarkReadOperator.partial(task_id="mark_read_sendblue").expand_kwargs(
-        by_vendor["sendblue"].map(sendblue_read)
-    )
-    ChertMarkReadOperator.partial(task_id="mark_read_chert").expand_kwargs(by_vendor["chert"].map(chert_read))
-    RyzeMarkReadOperator.partial(task_id="mark_read_ryze").expand_kwargs(by_vendor["ryze"].map(ryze_read))
-    Direct7MarkReadOperator.partial(task_id="mark_read_direct7").expand_kwargs(
-        by_vendor["direct7"].map(direct7_read)
-    )
+    for vendor, (operator, arguments) in MARK_READ.items():
+        messages = for_vendor.override(task_id=f"from_{vendor}")(vendor, handled)
+        # One mapped task per vendor; a vendor with no message this run is simply skipped.
+        operator.partial(task_id=f"mark_read_{vendor}").expand_kwargs(messages.map(arguments))

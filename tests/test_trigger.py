@@ -19,11 +19,11 @@ import sqlalchemy as sa
 
 from airflow_provider_readreceipts.receipts import Status
 from airflow_provider_readreceipts.triggers import _poller
-from airflow_provider_readreceipts.triggers._wait import WaitPolicy
 from airflow_provider_readreceipts.triggers.read_receipt import (
     ReadReceiptTrigger,
     ReceiptEventTrigger,
 )
+from airflow_provider_readreceipts.waits import WaitPolicy
 from tests.fakes import sendblue as sendblue_fake
 from tests.fixtures_sensor import receipt
 

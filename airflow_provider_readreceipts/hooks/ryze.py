@@ -82,7 +82,7 @@ STATUS_BY_CODE: dict[int, Status] = {
 STATUS_EVENT = "message.status"
 EXCHANGE_EVENT = "message.exchange"
 
-#: Where ``message.status`` keeps each field is not documented (CONTRACTS.md: unknown), so each is
+#: Where ``message.status`` keeps each field is not documented by RyzeAPI, so each is
 #: looked up through dotted paths from the envelope's root. A connection extra of the same name
 #: replaces the defaults with its own comma-separated paths; the first path that holds a usable
 #: value wins.

@@ -19,25 +19,29 @@ Hooks are imported when a task runs, never at DAG parse time.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, TypedDict
 
-from airflow.sdk import BaseOperator
-
+from airflow_provider_readreceipts.operators._base import HookT, VendorOperator
 from airflow_provider_readreceipts.operators._common import invalid_input_fails_task
 from airflow_provider_readreceipts.receipts import InvalidInputError
+from airflow_provider_readreceipts.vendors.chert import SPEC as CHERT
+from airflow_provider_readreceipts.vendors.direct7 import SPEC as DIRECT7
+from airflow_provider_readreceipts.vendors.ryze import SPEC as RYZE
+from airflow_provider_readreceipts.vendors.sendblue import SPEC as SENDBLUE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
-    from airflow_provider_readreceipts.hooks.chert import ChertHook
-    from airflow_provider_readreceipts.hooks.direct7 import Direct7Hook
+    # Named in the operators' base-class type parameters (strings, so nothing is imported at parse
+    # time), which ruff does not count as uses.
+    from airflow_provider_readreceipts.hooks.chert import ChertHook  # noqa: F401
+    from airflow_provider_readreceipts.hooks.direct7 import Direct7Hook  # noqa: F401
     from airflow_provider_readreceipts.hooks.ryze import RyzeHook
-    from airflow_provider_readreceipts.hooks.sendblue import SendblueHook
+    from airflow_provider_readreceipts.hooks.sendblue import SendblueHook  # noqa: F401
     from airflow_provider_readreceipts.operators._bulk import BulkFailure, BulkItem, BulkReport
 
 __all__ = [
+    "MARKED_READ",
     "OUTCOME_READ",
     "BaseBulkMarkReadOperator",
     "ChertBulkMarkReadOperator",
@@ -51,11 +55,15 @@ __all__ = [
     "SendblueMarkReadOperator",
 ]
 
-#: The vendor accepted the read receipt (the bulk reports' per-item outcome for success, too).
-OUTCOME_READ = "read"
+#: The vendor accepted the read receipt (the bulk reports' per-item outcome for success, too). Not
+#: a wait's outcome (:data:`airflow_provider_readreceipts.waits.OUTCOME_READ`): the vendor took
+#: our receipt, nobody read anything.
+MARKED_READ = "read"
+#: The former name of :data:`MARKED_READ`, kept for existing imports.
+OUTCOME_READ = MARKED_READ
 
-#: RyzeAPI's published limit: 100 requests a minute per token.
-RYZE_RATE_LIMIT = 100
+#: RyzeAPI's published limit: 100 requests a minute per token (from the vendor registry).
+RYZE_RATE_LIMIT = RYZE.rate_limit.requests
 
 
 class MarkReadResult(TypedDict):
@@ -69,13 +77,13 @@ class MarkReadResult(TypedDict):
 
 
 def _result(vendor: str, conn_id: str, target: str) -> MarkReadResult:
-    return {"vendor": vendor, "conn_id": conn_id, "target": target, "outcome": OUTCOME_READ}
+    return {"vendor": vendor, "conn_id": conn_id, "target": target, "outcome": MARKED_READ}
 
 
 # -- one at a time ------------------------------------------------------------------------------------
 
 
-class SendblueMarkReadOperator(BaseOperator):
+class SendblueMarkReadOperator(VendorOperator["SendblueHook"]):
     """
     Mark the whole conversation with ``number`` read on Sendblue (iMessage only, best effort).
 
@@ -85,6 +93,7 @@ class SendblueMarkReadOperator(BaseOperator):
     :param sendblue_conn_id: the Sendblue connection (templated).
     """
 
+    vendor = SENDBLUE.conn_type
     template_fields: Sequence[str] = ("number", "from_number", "sendblue_conn_id")
 
     def __init__(
@@ -92,19 +101,13 @@ class SendblueMarkReadOperator(BaseOperator):
         *,
         number: str,
         from_number: str | None = None,
-        sendblue_conn_id: str = "sendblue_default",
+        sendblue_conn_id: str = SENDBLUE.default_conn_id,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.number = number
         self.from_number = from_number
         self.sendblue_conn_id = sendblue_conn_id
-
-    @cached_property
-    def hook(self) -> SendblueHook:
-        from airflow_provider_readreceipts.hooks.sendblue import SendblueHook
-
-        return SendblueHook(sendblue_conn_id=self.sendblue_conn_id)
 
     def execute(self, context: Context) -> MarkReadResult:
         from airflow_provider_readreceipts.hooks.base import normalize_e164
@@ -113,10 +116,10 @@ class SendblueMarkReadOperator(BaseOperator):
             number = normalize_e164(self.number, field="number")
             self.hook.mark_read(number=number, from_number=self.from_number)
         self.log.info("Sendblue: marked the conversation with %s read", number)
-        return _result("sendblue", self.sendblue_conn_id, number)
+        return _result(self.vendor, self.conn_id, number)
 
 
-class ChertMarkReadOperator(BaseOperator):
+class ChertMarkReadOperator(VendorOperator["ChertHook"]):
     """
     Mark a Chert chat read (its unread inbound messages) and send a read receipt from its line.
 
@@ -124,18 +127,13 @@ class ChertMarkReadOperator(BaseOperator):
     :param chert_conn_id: the Chert connection (templated).
     """
 
+    vendor = CHERT.conn_type
     template_fields: Sequence[str] = ("chat_id", "chert_conn_id")
 
-    def __init__(self, *, chat_id: str, chert_conn_id: str = "chert_default", **kwargs: Any) -> None:
+    def __init__(self, *, chat_id: str, chert_conn_id: str = CHERT.default_conn_id, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.chat_id = chat_id
         self.chert_conn_id = chert_conn_id
-
-    @cached_property
-    def hook(self) -> ChertHook:
-        from airflow_provider_readreceipts.hooks.chert import ChertHook
-
-        return ChertHook(chert_conn_id=self.chert_conn_id)
 
     def execute(self, context: Context) -> MarkReadResult:
         from airflow_provider_readreceipts.hooks.base import require_text
@@ -144,10 +142,10 @@ class ChertMarkReadOperator(BaseOperator):
             chat_id = require_text(self.chat_id, field="chat_id")
             self.hook.mark_read(chat_id=chat_id)
         self.log.info("Chert: marked chat %s read", chat_id)
-        return _result("chert", self.chert_conn_id, chat_id)
+        return _result(self.vendor, self.conn_id, chat_id)
 
 
-class RyzeMarkReadOperator(BaseOperator):
+class RyzeMarkReadOperator(VendorOperator["RyzeHook"]):
     """
     Send WhatsApp read receipts through RyzeAPI: for one message, or for a whole chat.
 
@@ -160,6 +158,7 @@ class RyzeMarkReadOperator(BaseOperator):
     :param ryze_conn_id: the RyzeAPI connection (templated).
     """
 
+    vendor = RYZE.conn_type
     template_fields: Sequence[str] = ("number", "message_id", "sender", "ryze_conn_id")
 
     def __init__(
@@ -169,7 +168,7 @@ class RyzeMarkReadOperator(BaseOperator):
         message_id: str | None = None,
         sender: str | None = None,
         whole_chat: bool = False,
-        ryze_conn_id: str = "ryze_default",
+        ryze_conn_id: str = RYZE.default_conn_id,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -178,12 +177,6 @@ class RyzeMarkReadOperator(BaseOperator):
         self.sender = sender
         self.whole_chat = whole_chat
         self.ryze_conn_id = ryze_conn_id
-
-    @cached_property
-    def hook(self) -> RyzeHook:
-        from airflow_provider_readreceipts.hooks.ryze import RyzeHook
-
-        return RyzeHook(ryze_conn_id=self.ryze_conn_id)
 
     def execute(self, context: Context) -> MarkReadResult:
         with invalid_input_fails_task():
@@ -195,7 +188,7 @@ class RyzeMarkReadOperator(BaseOperator):
                 whole_chat=self.whole_chat,
             )
         self.log.info("RyzeAPI: marked %s read", target)
-        return _result("ryze", self.ryze_conn_id, target)
+        return _result(self.vendor, self.conn_id, target)
 
 
 def _ryze_mark_read(hook: RyzeHook, *, number: Any, message_id: Any, sender: Any, whole_chat: bool) -> str:
@@ -216,7 +209,7 @@ def _ryze_mark_read(hook: RyzeHook, *, number: Any, message_id: Any, sender: Any
     return message
 
 
-class Direct7MarkReadOperator(BaseOperator):
+class Direct7MarkReadOperator(VendorOperator["Direct7Hook"]):
     """
     Mark an inbound WhatsApp message read through Direct7 (the sender sees blue ticks).
 
@@ -224,18 +217,15 @@ class Direct7MarkReadOperator(BaseOperator):
     :param direct7_conn_id: the Direct7 connection (templated).
     """
 
+    vendor = DIRECT7.conn_type
     template_fields: Sequence[str] = ("message_id", "direct7_conn_id")
 
-    def __init__(self, *, message_id: str, direct7_conn_id: str = "direct7_default", **kwargs: Any) -> None:
+    def __init__(
+        self, *, message_id: str, direct7_conn_id: str = DIRECT7.default_conn_id, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.message_id = message_id
         self.direct7_conn_id = direct7_conn_id
-
-    @cached_property
-    def hook(self) -> Direct7Hook:
-        from airflow_provider_readreceipts.hooks.direct7 import Direct7Hook
-
-        return Direct7Hook(direct7_conn_id=self.direct7_conn_id)
 
     def execute(self, context: Context) -> MarkReadResult:
         from airflow_provider_readreceipts.hooks.base import require_text
@@ -244,13 +234,13 @@ class Direct7MarkReadOperator(BaseOperator):
             message_id = require_text(self.message_id, field="message_id")
             self.hook.mark_read(message_id=message_id)
         self.log.info("Direct7: marked message %s read", message_id)
-        return _result("direct7", self.direct7_conn_id, message_id)
+        return _result(self.vendor, self.conn_id, message_id)
 
 
 # -- many at once -------------------------------------------------------------------------------------
 
 
-class BaseBulkMarkReadOperator(BaseOperator):
+class BaseBulkMarkReadOperator(VendorOperator[HookT]):
     """
     Base of the bulk operators: one hook, a thread pool, a rate limit, a failure threshold.
 
@@ -272,7 +262,6 @@ class BaseBulkMarkReadOperator(BaseOperator):
         ``0.05`` (``None``: no fraction limit). Either threshold fails the task.
     """
 
-    vendor: ClassVar[str]
     #: The templated argument that holds the items; named in input errors (``numbers[3]``).
     items_argument: ClassVar[str]
     #: The vendor's published rate limit, used when ``rate_limit`` is not given.
@@ -301,13 +290,9 @@ class BaseBulkMarkReadOperator(BaseOperator):
         self.max_failures = max_failures
         self.max_failure_rate = max_failure_rate
 
-    @property
-    def conn_id(self) -> str:
-        raise NotImplementedError
-
-    @cached_property
-    def hook(self) -> ReadReceiptsHook:
-        raise NotImplementedError
+    def hook_kwargs(self) -> dict[str, Any]:
+        # One connection per concurrent request: the pool must not be the bottleneck.
+        return {"max_connections": self.max_concurrency}
 
     def prepare(self) -> None:
         """Check task-wide arguments once, before any item (raise ``InvalidInputError``)."""
@@ -400,7 +385,7 @@ def _text_item(argument: str, value: Any) -> str:
     return value.strip()
 
 
-class SendblueBulkMarkReadOperator(BaseBulkMarkReadOperator):
+class SendblueBulkMarkReadOperator(BaseBulkMarkReadOperator["SendblueHook"]):
     """
     Mark many Sendblue conversations read in one task.
 
@@ -413,7 +398,7 @@ class SendblueBulkMarkReadOperator(BaseBulkMarkReadOperator):
     :param kwargs: concurrency, rate limit and failure threshold, see :class:`BaseBulkMarkReadOperator`.
     """
 
-    vendor = "sendblue"
+    vendor = SENDBLUE.conn_type
     items_argument = "numbers"
     template_fields: Sequence[str] = ("numbers", "from_number", "sendblue_conn_id")
 
@@ -422,23 +407,13 @@ class SendblueBulkMarkReadOperator(BaseBulkMarkReadOperator):
         *,
         numbers: Iterable[str],
         from_number: str | None = None,
-        sendblue_conn_id: str = "sendblue_default",
+        sendblue_conn_id: str = SENDBLUE.default_conn_id,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.numbers = numbers
         self.from_number = from_number
         self.sendblue_conn_id = sendblue_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.sendblue_conn_id
-
-    @cached_property
-    def hook(self) -> SendblueHook:
-        from airflow_provider_readreceipts.hooks.sendblue import SendblueHook
-
-        return SendblueHook(sendblue_conn_id=self.sendblue_conn_id, max_connections=self.max_concurrency)
 
     def prepare(self) -> None:
         from airflow_provider_readreceipts.hooks.base import normalize_e164
@@ -458,7 +433,7 @@ class SendblueBulkMarkReadOperator(BaseBulkMarkReadOperator):
         )
 
 
-class ChertBulkMarkReadOperator(BaseBulkMarkReadOperator):
+class ChertBulkMarkReadOperator(BaseBulkMarkReadOperator["ChertHook"]):
     """
     Mark many Chert chats read in one task.
 
@@ -470,26 +445,16 @@ class ChertBulkMarkReadOperator(BaseBulkMarkReadOperator):
     :param kwargs: concurrency, rate limit and failure threshold, see :class:`BaseBulkMarkReadOperator`.
     """
 
-    vendor = "chert"
+    vendor = CHERT.conn_type
     items_argument = "chat_ids"
     template_fields: Sequence[str] = ("chat_ids", "chert_conn_id")
 
     def __init__(
-        self, *, chat_ids: Iterable[str], chert_conn_id: str = "chert_default", **kwargs: Any
+        self, *, chat_ids: Iterable[str], chert_conn_id: str = CHERT.default_conn_id, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.chat_ids = chat_ids
         self.chert_conn_id = chert_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.chert_conn_id
-
-    @cached_property
-    def hook(self) -> ChertHook:
-        from airflow_provider_readreceipts.hooks.chert import ChertHook
-
-        return ChertHook(chert_conn_id=self.chert_conn_id, max_connections=self.max_concurrency)
 
     def build_item(self, argument: str, value: Any) -> BulkItem:
         from airflow_provider_readreceipts.operators._bulk import BulkItem
@@ -503,7 +468,7 @@ class ChertBulkMarkReadOperator(BaseBulkMarkReadOperator):
         )
 
 
-class RyzeBulkMarkReadOperator(BaseBulkMarkReadOperator):
+class RyzeBulkMarkReadOperator(BaseBulkMarkReadOperator["RyzeHook"]):
     """
     Mark many WhatsApp chats (or messages) read through RyzeAPI in one task.
 
@@ -518,27 +483,21 @@ class RyzeBulkMarkReadOperator(BaseBulkMarkReadOperator):
     :param kwargs: concurrency, rate limit and failure threshold, see :class:`BaseBulkMarkReadOperator`.
     """
 
-    vendor = "ryze"
+    vendor = RYZE.conn_type
     items_argument = "chats"
     default_rate_limit = RYZE_RATE_LIMIT
     template_fields: Sequence[str] = ("chats", "ryze_conn_id")
 
     def __init__(
-        self, *, chats: Iterable[str | Mapping[str, str]], ryze_conn_id: str = "ryze_default", **kwargs: Any
+        self,
+        *,
+        chats: Iterable[str | Mapping[str, str]],
+        ryze_conn_id: str = RYZE.default_conn_id,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.chats = chats
         self.ryze_conn_id = ryze_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.ryze_conn_id
-
-    @cached_property
-    def hook(self) -> RyzeHook:
-        from airflow_provider_readreceipts.hooks.ryze import RyzeHook
-
-        return RyzeHook(ryze_conn_id=self.ryze_conn_id, max_connections=self.max_concurrency)
 
     def build_item(self, argument: str, value: Any) -> BulkItem:
         from airflow_provider_readreceipts.hooks.ryze import normalize_recipient
@@ -570,7 +529,7 @@ class RyzeBulkMarkReadOperator(BaseBulkMarkReadOperator):
         )
 
 
-class Direct7BulkMarkReadOperator(BaseBulkMarkReadOperator):
+class Direct7BulkMarkReadOperator(BaseBulkMarkReadOperator["Direct7Hook"]):
     """
     Mark many inbound WhatsApp messages read through Direct7 in one task.
 
@@ -582,26 +541,16 @@ class Direct7BulkMarkReadOperator(BaseBulkMarkReadOperator):
     :param kwargs: concurrency, rate limit and failure threshold, see :class:`BaseBulkMarkReadOperator`.
     """
 
-    vendor = "direct7"
+    vendor = DIRECT7.conn_type
     items_argument = "message_ids"
     template_fields: Sequence[str] = ("message_ids", "direct7_conn_id")
 
     def __init__(
-        self, *, message_ids: Iterable[str], direct7_conn_id: str = "direct7_default", **kwargs: Any
+        self, *, message_ids: Iterable[str], direct7_conn_id: str = DIRECT7.default_conn_id, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.message_ids = message_ids
         self.direct7_conn_id = direct7_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.direct7_conn_id
-
-    @cached_property
-    def hook(self) -> Direct7Hook:
-        from airflow_provider_readreceipts.hooks.direct7 import Direct7Hook
-
-        return Direct7Hook(direct7_conn_id=self.direct7_conn_id, max_connections=self.max_concurrency)
 
     def build_item(self, argument: str, value: Any) -> BulkItem:
         from airflow_provider_readreceipts.operators._bulk import BulkItem

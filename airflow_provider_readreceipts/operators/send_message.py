@@ -43,11 +43,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
-from airflow.sdk import BaseOperator
-
+from airflow_provider_readreceipts.operators._base import HookT, VendorOperator
 from airflow_provider_readreceipts.operators._common import invalid_input_fails_task
 from airflow_provider_readreceipts.receipts import (
     DeliveryUnknownError,
@@ -55,14 +53,21 @@ from airflow_provider_readreceipts.receipts import (
     MessageRef,
     VendorAPIError,
 )
+from airflow_provider_readreceipts.vendors.chert import SPEC as CHERT
+from airflow_provider_readreceipts.vendors.direct7 import SPEC as DIRECT7
+from airflow_provider_readreceipts.vendors.ryze import SPEC as RYZE
+from airflow_provider_readreceipts.vendors.sendblue import SPEC as SENDBLUE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_readreceipts.hooks.chert import ChertHook
-    from airflow_provider_readreceipts.hooks.direct7 import Direct7Hook
-    from airflow_provider_readreceipts.hooks.ryze import RyzeHook
-    from airflow_provider_readreceipts.hooks.sendblue import SendblueHook
+    # Named in the operators' base-class type parameters (strings, so nothing is imported at parse
+    # time), which ruff does not count as uses.
+    from airflow_provider_readreceipts.hooks.chert import ChertHook  # noqa: F401
+    from airflow_provider_readreceipts.hooks.direct7 import Direct7Hook  # noqa: F401
+    from airflow_provider_readreceipts.hooks.ryze import RyzeHook  # noqa: F401
+    from airflow_provider_readreceipts.hooks.sendblue import SendblueHook  # noqa: F401
+
 
 __all__ = [
     "SEND_STATE_KEY",
@@ -92,18 +97,11 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-class _SendMessageOperator(BaseOperator):
+class _SendMessageOperator(VendorOperator[HookT]):
     """Base of the send operators: the send record that keeps retries from sending twice."""
 
-    vendor: ClassVar[str]
-    #: The vendor's display name, for messages.
-    vendor_name: ClassVar[str]
     #: Whether the send record guards retries; off where the vendor dedups (idempotency key).
     guard_retries: ClassVar[bool] = True
-
-    @property
-    def conn_id(self) -> str:
-        raise NotImplementedError
 
     def prepare(self, context: Context) -> Callable[[], MessageRef]:
         """
@@ -185,7 +183,7 @@ class _SendMessageOperator(BaseOperator):
         )
 
 
-class SendblueSendMessageOperator(_SendMessageOperator):
+class SendblueSendMessageOperator(_SendMessageOperator["SendblueHook"]):
     """
     Send an iMessage (or SMS/RCS) through Sendblue; returns its message reference.
 
@@ -201,8 +199,7 @@ class SendblueSendMessageOperator(_SendMessageOperator):
     :param sendblue_conn_id: the Sendblue connection (templated).
     """
 
-    vendor = "sendblue"
-    vendor_name = "Sendblue"
+    vendor = SENDBLUE.conn_type
     template_fields: Sequence[str] = (
         "number",
         "content",
@@ -220,7 +217,7 @@ class SendblueSendMessageOperator(_SendMessageOperator):
         from_number: str | None = None,
         status_callback: str | None = None,
         media_url: str | None = None,
-        sendblue_conn_id: str = "sendblue_default",
+        sendblue_conn_id: str = SENDBLUE.default_conn_id,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -230,16 +227,6 @@ class SendblueSendMessageOperator(_SendMessageOperator):
         self.status_callback = status_callback
         self.media_url = media_url
         self.sendblue_conn_id = sendblue_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.sendblue_conn_id
-
-    @cached_property
-    def hook(self) -> SendblueHook:
-        from airflow_provider_readreceipts.hooks.sendblue import SendblueHook
-
-        return SendblueHook(sendblue_conn_id=self.sendblue_conn_id)
 
     def prepare(self, context: Context) -> Callable[[], MessageRef]:
         from airflow_provider_readreceipts.hooks.base import normalize_e164, require_text
@@ -263,7 +250,7 @@ class SendblueSendMessageOperator(_SendMessageOperator):
         return send
 
 
-class ChertSendMessageOperator(_SendMessageOperator):
+class ChertSendMessageOperator(_SendMessageOperator["ChertHook"]):
     """
     Send an iMessage through Chert; returns its message reference (``chat`` is Chert's chat id).
 
@@ -277,8 +264,7 @@ class ChertSendMessageOperator(_SendMessageOperator):
     :param chert_conn_id: the Chert connection (templated).
     """
 
-    vendor = "chert"
-    vendor_name = "Chert"
+    vendor = CHERT.conn_type
     guard_retries = False
     template_fields: Sequence[str] = ("phone", "body", "idempotency_key", "chert_conn_id")
 
@@ -288,7 +274,7 @@ class ChertSendMessageOperator(_SendMessageOperator):
         phone: str,
         body: str,
         idempotency_key: str | None = None,
-        chert_conn_id: str = "chert_default",
+        chert_conn_id: str = CHERT.default_conn_id,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -296,16 +282,6 @@ class ChertSendMessageOperator(_SendMessageOperator):
         self.body = body
         self.idempotency_key = idempotency_key
         self.chert_conn_id = chert_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.chert_conn_id
-
-    @cached_property
-    def hook(self) -> ChertHook:
-        from airflow_provider_readreceipts.hooks.chert import ChertHook
-
-        return ChertHook(chert_conn_id=self.chert_conn_id)
 
     def prepare(self, context: Context) -> Callable[[], MessageRef]:
         from airflow_provider_readreceipts.hooks.base import normalize_e164, require_text
@@ -329,7 +305,7 @@ class ChertSendMessageOperator(_SendMessageOperator):
         return send
 
 
-class RyzeSendMessageOperator(_SendMessageOperator):
+class RyzeSendMessageOperator(_SendMessageOperator["RyzeHook"]):
     """
     Send a WhatsApp text through RyzeAPI; returns its message reference.
 
@@ -341,27 +317,16 @@ class RyzeSendMessageOperator(_SendMessageOperator):
     :param ryze_conn_id: the RyzeAPI connection (templated).
     """
 
-    vendor = "ryze"
-    vendor_name = "RyzeAPI"
+    vendor = RYZE.conn_type
     template_fields: Sequence[str] = ("number", "message", "ryze_conn_id")
 
     def __init__(
-        self, *, number: str, message: str, ryze_conn_id: str = "ryze_default", **kwargs: Any
+        self, *, number: str, message: str, ryze_conn_id: str = RYZE.default_conn_id, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.number = number
         self.message = message
         self.ryze_conn_id = ryze_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.ryze_conn_id
-
-    @cached_property
-    def hook(self) -> RyzeHook:
-        from airflow_provider_readreceipts.hooks.ryze import RyzeHook
-
-        return RyzeHook(ryze_conn_id=self.ryze_conn_id)
 
     def prepare(self, context: Context) -> Callable[[], MessageRef]:
         from airflow_provider_readreceipts.hooks.base import require_text
@@ -378,7 +343,7 @@ class RyzeSendMessageOperator(_SendMessageOperator):
         return send
 
 
-class Direct7SendMessageOperator(_SendMessageOperator):
+class Direct7SendMessageOperator(_SendMessageOperator["Direct7Hook"]):
     """
     Send a WhatsApp text through Direct7; returns its message reference (the id is the
     ``request_id``, which Direct7's reports and status API name).
@@ -396,8 +361,7 @@ class Direct7SendMessageOperator(_SendMessageOperator):
     :param direct7_conn_id: the Direct7 connection (templated).
     """
 
-    vendor = "direct7"
-    vendor_name = "Direct7"
+    vendor = DIRECT7.conn_type
     template_fields: Sequence[str] = ("number", "body", "originator", "report_url", "direct7_conn_id")
 
     def __init__(
@@ -407,7 +371,7 @@ class Direct7SendMessageOperator(_SendMessageOperator):
         body: str,
         originator: str | None = None,
         report_url: str | None = None,
-        direct7_conn_id: str = "direct7_default",
+        direct7_conn_id: str = DIRECT7.default_conn_id,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -416,16 +380,6 @@ class Direct7SendMessageOperator(_SendMessageOperator):
         self.originator = originator
         self.report_url = report_url
         self.direct7_conn_id = direct7_conn_id
-
-    @property
-    def conn_id(self) -> str:
-        return self.direct7_conn_id
-
-    @cached_property
-    def hook(self) -> Direct7Hook:
-        from airflow_provider_readreceipts.hooks.direct7 import Direct7Hook
-
-        return Direct7Hook(direct7_conn_id=self.direct7_conn_id)
 
     def prepare(self, context: Context) -> Callable[[], MessageRef]:
         from airflow_provider_readreceipts.hooks.base import normalize_e164, require_text

@@ -14,20 +14,21 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_readreceipts.receipts import InvalidInputError, ReadReceiptsError
-from airflow_provider_readreceipts.triggers._wait import (
+from airflow_provider_readreceipts.waits import (
     FAULT_CONFIGURATION,
     FAULT_NO_SOURCE,
     OUTCOME_UNREAD,
     OUTCOMES,
-    PERMANENT_FAULTS,
-    RECONCILE_ONLY_VENDORS,
+    ReadReceiptWaitError,
     WaitPolicy,
+    WaitResult,
     as_utc,
+    reads_by_polling_only,
     result,
     seconds,
     verdict,
@@ -43,20 +44,6 @@ if TYPE_CHECKING:
 #: fires when the trigger could not report at all (a triggerer down for that long): the task then
 #: fails, as a fault of ours must, rather than ending "unread".
 TIMEOUT_SLACK = timedelta(minutes=15)
-
-
-class ReadReceiptWaitError(ReadReceiptsError):
-    """
-    The wait could not tell read from unread: a fault of our own (store, receiver, configuration).
-
-    Raised so that the task fails instead of reporting "unread" and setting off an escalation.
-
-    :param kind: ``"store_unreachable"``, ``"no_receiver"``, ``"bad_configuration"`` or ``"internal"``.
-    """
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -227,7 +214,7 @@ class ReadReceiptSensor(BaseSensorOperator):
         if not _templated(wait_for):
             literal_participants = _literal(participants) if not _templated(participants) else ["?"]
             WaitPolicy.parse(_literal(wait_for), literal_participants)
-        if isinstance(vendor, str) and vendor in RECONCILE_ONLY_VENDORS and reconcile is None:
+        if isinstance(vendor, str) and reads_by_polling_only(vendor) and reconcile is None:
             raise ValueError(_reconcile_required(vendor))
         self._target: _Target | None = None
         self._store: ReceiptStore | None = None
@@ -290,16 +277,15 @@ class ReadReceiptSensor(BaseSensorOperator):
         remaining = max(target.deadline - now, timedelta(0))
         self.defer(trigger=trigger, method_name="execute_complete", timeout=remaining + TIMEOUT_SLACK)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> WaitResult:
         """Resume from the trigger: return the outcome, or fail the task on a fault of our own."""
         if not isinstance(event, dict) or event.get("outcome") not in OUTCOMES:
             kind = event.get("kind", "internal") if isinstance(event, dict) else "internal"
             message = event.get("error") if isinstance(event, dict) else f"unexpected trigger event {event!r}"
             self._raise_fault(kind, str(message))
-        assert event is not None
-        return self._finish(event)
+        return self._finish(cast("WaitResult", event))
 
-    def _finish(self, outcome: dict[str, Any]) -> dict[str, Any]:
+    def _finish(self, outcome: WaitResult) -> WaitResult:
         self.log.info(
             "%s/%s: %s (status %s, readers %s, learned via %s)%s",
             outcome["conn_id"],
@@ -312,13 +298,14 @@ class ReadReceiptSensor(BaseSensorOperator):
         )
         return outcome
 
-    def _raise_fault(self, kind: str, message: str) -> None:
-        if kind in PERMANENT_FAULTS:
+    def _raise_fault(self, kind: str, message: str) -> NoReturn:
+        fault = ReadReceiptWaitError(kind, f"{kind}: {message}")
+        if fault.permanent:
             from airflow.sdk.exceptions import AirflowFailException
 
             # The same configuration fails the same way: no retry.
-            raise AirflowFailException(f"{kind}: {message}")
-        raise ReadReceiptWaitError(kind, f"{kind}: {message}")
+            raise AirflowFailException(str(fault)) from fault
+        raise fault
 
     # -- poke and reschedule modes ----------------------------------------------------------------
 
@@ -414,7 +401,7 @@ class ReadReceiptSensor(BaseSensorOperator):
         if self.reschedule:
             return True  # each poke is a new process; its poke interval is the reconcile interval
         if self._last_reconcile is None:
-            if target.vendor in RECONCILE_ONLY_VENDORS or not self._has_receiver:
+            if reads_by_polling_only(target.vendor) or not self._has_receiver:
                 return True  # the vendor's API is the only source: ask it at once
             self._last_reconcile = time.monotonic()  # webhooks come first; reconcile covers lost ones
             return False
@@ -483,7 +470,7 @@ class ReadReceiptSensor(BaseSensorOperator):
                 )
             assert self.read_within is not None
             deadline = as_utc(sent_at, field="sent_at") + timedelta(seconds=self.read_within)
-        if vendor in RECONCILE_ONLY_VENDORS and not self.reconcile_interval:
+        if reads_by_polling_only(vendor) and not self.reconcile_interval:
             raise InvalidInputError("reconcile_interval", _reconcile_required(vendor))
         policy = WaitPolicy.parse(_literal(self.wait_for), _literal(self.participants))
         store_conn_id, store_path = self._resolve_store()

@@ -28,59 +28,46 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-import json
 import logging
 import time
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_readreceipts.triggers._wait import (
-    FAULT_CONFIGURATION,
+from airflow_provider_readreceipts.triggers._listen import StoreListener
+from airflow_provider_readreceipts.triggers._reconcile import (
+    ConnectionBudget,
+    ReconcileKey,
+    default_reconcile_rate,
+)
+from airflow_provider_readreceipts.waits import (
     FAULT_INTERNAL,
     FAULT_NO_SOURCE,
     FAULT_STORE,
     OUTCOME_UNREAD,
-    RECONCILE_ONLY_VENDORS,
-    WaitFault,
+    ReadReceiptWaitError,
     WaitPolicy,
     attribute,
+    reads_by_polling_only,
     verdict,
 )
 
 if TYPE_CHECKING:
-    from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
     from airflow_provider_readreceipts.store import AsyncReceiptStore
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
 
-#: Reconcile calls per minute per connection when the wait does not say. RyzeAPI documents 100 a
-#: minute per token; the others publish no limit for status look-ups, so stay well below Sendblue's
-#: historical one message a second per line.
-DEFAULT_RECONCILE_RATE_PER_MINUTE: dict[str, float] = {
-    "sendblue": 30.0,
-    "chert": 30.0,
-    "ryze": 90.0,
-    "direct7": 30.0,
-}
-FALLBACK_RECONCILE_RATE_PER_MINUTE = 30.0
-#: Concurrent reconcile calls per connection, whatever the rate allows.
-MAX_RECONCILE_IN_FLIGHT = 4
 #: How long after a deadline a wait may wait for its last vendor look-up before it is reported
 #: unread anyway (a saturated budget must not hold thousands of expired waits for hours).
 FINAL_RECONCILE_GRACE = 300.0
 #: Fewest seconds between two store queries, however many NOTIFYs arrive: under a burst of
 #: commits the poller still makes at most 1 / MIN_POLL_GAP queries a second.
 MIN_POLL_GAP = 0.02
-#: Wait before trying the PostgreSQL listener again after it failed or was lost.
-LISTEN_RETRY = 30.0
-#: Seconds the LISTEN connection may take to open before the poller polls without it.
-LISTEN_CONNECT_TIMEOUT = 10.0
 #: A store without any receiver heartbeat is asked again at most this often.
 NO_RECEIVER_RECHECK = 10.0
 #: After a NOTIFY, new events are read in pages of this size, at most this many pages; a larger
@@ -88,10 +75,6 @@ NO_RECEIVER_RECHECK = 10.0
 CHANGED_PAGE_SIZE, CHANGED_PAGES = 1000, 10
 #: Backoff between failed store queries.
 STORE_RETRY_MIN, STORE_RETRY_MAX = 0.5, 10.0
-#: Seconds a reconcile call may take.
-RECONCILE_TIMEOUT = 30.0
-#: Pause of a connection's budget after a 429 without Retry-After.
-DEFAULT_RATE_LIMIT_PAUSE = 60.0
 
 
 @dataclass(frozen=True)
@@ -133,199 +116,9 @@ class Wait:
         if not self.future.done():
             self.future.set_result(end)
 
-    def fail(self, fault: WaitFault) -> None:
+    def fail(self, fault: ReadReceiptWaitError) -> None:
         if not self.future.done():
             self.future.set_exception(fault)
-
-
-@dataclass(eq=False)
-class _ReconcileKey:
-    """Reconcile state of one message, shared by every wait on it."""
-
-    key: Key
-    vendor: str
-    chat: str
-    waits: set[Wait] = field(default_factory=set)
-    next_due: float = 0.0
-    queued: bool = False
-    in_flight: bool = False
-    ever_succeeded: bool = False
-    last_started: float | None = None
-    last_finished: float | None = None
-    last_error: str | None = None
-
-    @property
-    def interval(self) -> float:
-        return min(w.reconcile_interval for w in self.waits if w.reconcile_interval)
-
-    @property
-    def nearest_deadline(self) -> float:
-        return min((w.deadline for w in self.waits), default=float("inf"))
-
-    def final_done(self, deadline: float) -> bool:
-        """Whether a vendor look-up that started at or after ``deadline`` has been recorded."""
-        return (
-            self.last_started is not None
-            and self.last_started >= deadline
-            and self.last_finished is not None
-            and self.last_finished >= self.last_started
-        )
-
-
-class _ConnectionBudget:
-    """
-    Reconcile calls of one vendor connection: nearest deadline first, within a rate limit.
-
-    A token bucket refilled at ``rate`` calls a second (burst of one second's worth, at least one),
-    a priority queue ordered by the nearest deadline of the waits on each message, at most
-    :data:`MAX_RECONCILE_IN_FLIGHT` calls at once, and a pause when the vendor answers 429.
-    """
-
-    def __init__(self, poller: StorePoller, conn_id: str, vendor: str, rate_per_minute: float) -> None:
-        self.poller = poller
-        self.conn_id = conn_id
-        self.vendor = vendor
-        self.rate = rate_per_minute / 60.0
-        self.capacity = max(1.0, self.rate)
-        self.tokens = self.capacity
-        self.refilled_at = time.monotonic()
-        self.paused_until = 0.0
-        self.queue: list[tuple[float, int, _ReconcileKey]] = []
-        self.calls = 0
-        self._counter = itertools.count()
-        self._wake = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
-        self._hook: ReadReceiptsHook | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.fault: WaitFault | None = None
-
-    def limit_rate(self, rate_per_minute: float) -> None:
-        # Two waits asking for different limits on one connection: the stricter one holds.
-        self.rate = min(self.rate, rate_per_minute / 60.0)
-        self.capacity = max(1.0, self.rate)
-        self.tokens = min(self.tokens, self.capacity)
-
-    def enqueue(self, state: _ReconcileKey) -> None:
-        if state.queued or state.in_flight or not state.waits:
-            return
-        state.queued = True
-        heapq.heappush(self.queue, (state.nearest_deadline, next(self._counter), state))
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(
-                self._run(), name=f"readreceipts-reconcile-{self.conn_id}"
-            )
-        self._wake.set()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.refilled_at) * self.rate)
-        self.refilled_at = now
-
-    async def _run(self) -> None:
-        while True:
-            if not self.queue or len(self._in_flight) >= MAX_RECONCILE_IN_FLIGHT:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            pause = self.paused_until - time.monotonic()
-            if pause > 0:
-                await asyncio.sleep(pause)
-                continue
-            self._refill()
-            if self.tokens < 1.0:
-                await asyncio.sleep((1.0 - self.tokens) / self.rate)
-                continue
-            _, _, state = heapq.heappop(self.queue)
-            state.queued = False
-            if not state.waits:
-                continue  # every wait on it ended while it was queued
-            self.tokens -= 1.0
-            state.in_flight = True
-            task = asyncio.get_running_loop().create_task(self._call(state))
-            self._in_flight.add(task)
-            task.add_done_callback(self._call_done)
-
-    def _call_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._wake.set()
-
-    async def _hook_instance(self) -> ReadReceiptsHook:
-        if self._hook is None:
-            from airflow_provider_readreceipts.hooks import hook_for
-
-            # One attempt per call: the budget decides when to try again, not the hook's backoff.
-            self._hook = hook_for(self.conn_id, self.vendor, max_attempts=1, timeout=RECONCILE_TIMEOUT)
-        return self._hook
-
-    async def _call(self, state: _ReconcileKey) -> None:
-        from airflow.sdk.exceptions import AirflowNotFoundException
-
-        from airflow_provider_readreceipts.receipts import InvalidInputError, VendorAPIError
-
-        started = time.time()
-        state.last_started = started
-        retry_in: float | None = None
-        try:
-            hook = await self._hook_instance()
-            events = await asyncio.wait_for(
-                hook.afetch_receipt_events(message_id=state.key[1], chat=state.chat),
-                timeout=RECONCILE_TIMEOUT * 2,
-            )
-            self.calls += 1
-            self.poller.reconcile_calls += 1
-            # Recorded in the store, not kept here: every wait on the message, in any process,
-            # learns it from the store exactly once, and the dedup key keeps repeats out.
-            events = [event for event in events if event.message_id == state.key[1]]
-            if events:
-                await self.poller.store.record(events, source="reconcile")
-            state.ever_succeeded = True
-            state.last_error = None
-        except asyncio.CancelledError:
-            state.last_started = None
-            raise
-        except VendorAPIError as exc:
-            self.calls += 1
-            self.poller.reconcile_calls += 1
-            state.last_error = str(exc)
-            if exc.status_code in (401, 403):
-                self._fail_connection(
-                    f"the vendor refused the credentials of connection {self.conn_id!r}: {exc}"
-                )
-            elif exc.status_code == 429:
-                self.paused_until = time.monotonic() + (exc.retry_after or DEFAULT_RATE_LIMIT_PAUSE)
-                log.warning(
-                    "%s: rate limited; reconcile paused for %.0fs", self.conn_id, exc.retry_after or 60
-                )
-            elif exc.retryable and state.waits:
-                retry_in = min(state.interval, max(exc.retry_after or 0.0, 5.0))
-            log.warning("reconcile of %s/%s failed: %s", *state.key, exc)
-        except (InvalidInputError, KeyError, AirflowNotFoundException) as exc:
-            # Not a vendor connection type, a connection that does not exist or lacks what the
-            # vendor needs: configuration, which no later attempt fixes.
-            state.last_error = str(exc)
-            self._fail_connection(f"reconcile is not possible on connection {self.conn_id!r}: {exc}")
-        except Exception as exc:
-            state.last_error = f"{type(exc).__name__}: {exc}"
-            log.warning("reconcile of %s/%s failed: %s", *state.key, state.last_error)
-        finally:
-            state.in_flight = False
-            state.last_finished = time.time()
-        self.poller._reconciled(state, retry_in)
-
-    def _fail_connection(self, message: str) -> None:
-        self.fault = WaitFault(FAULT_CONFIGURATION, message)
-        self.poller._fail_connection(self.conn_id, self.fault)
-
-    async def close(self) -> None:
-        tasks = [t for t in (self._task, *self._in_flight) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._hook is not None:
-            with contextlib.suppress(Exception):
-                await self._hook.aclose()
 
 
 class StorePoller:
@@ -345,7 +138,6 @@ class StorePoller:
         #: Store status queries made (one per interval, whatever the number of waits).
         self.queries = 0
         self.failed_queries = 0
-        self.notifications = 0
         self.reconcile_calls = 0
         self._store_factory = store_factory
         self._store: AsyncReceiptStore | None = None
@@ -353,14 +145,13 @@ class StorePoller:
         self._intervals: Counter[float] = Counter()
         self._deadlines: list[tuple[float, int, Wait]] = []
         self._awaiting_final: set[Wait] = set()
-        self._reconcile: dict[Key, _ReconcileKey] = {}
-        self._reconcile_due: list[tuple[float, int, _ReconcileKey]] = []
-        self._budgets: dict[str, _ConnectionBudget] = {}
+        self._reconcile: dict[Key, ReconcileKey] = {}
+        self._reconcile_due: list[tuple[float, int, ReconcileKey]] = []
+        self._budgets: dict[str, ConnectionBudget] = {}
         self._counter = itertools.count()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listener: Any = None
-        self._listen_next_try = 0.0
+        self._listener: StoreListener | None = None
         self._failing_since: float | None = None
         self._retry_at = 0.0
         self._last_poll_started = 0.0
@@ -368,8 +159,6 @@ class StorePoller:
         self._unchecked: set[Key] = set()
         #: Event id up to which every event is reflected in what the waits know (NOTIFY mode).
         self._seen_id: int | None = None
-        #: Highest event id named by a NOTIFY.
-        self._notified_id = 0
         #: Queries for new events after a NOTIFY (cheap: by increasing id).
         self.event_queries = 0
         self._receiver_seen = False
@@ -403,7 +192,12 @@ class StorePoller:
 
     @property
     def listening(self) -> bool:
-        return self._listener is not None
+        return self._listener is not None and self._listener.connected
+
+    @property
+    def notifications(self) -> int:
+        """NOTIFYs received (PostgreSQL only)."""
+        return self._listener.notifications if self._listener is not None else 0
 
     @property
     def tasks(self) -> list[asyncio.Task[Any]]:
@@ -470,11 +264,11 @@ class StorePoller:
                 wait.fail(budget.fault)
             state = self._reconcile.get(key)
             if state is None:
-                state = self._reconcile[key] = _ReconcileKey(key, vendor, chat)
+                state = self._reconcile[key] = ReconcileKey(key, vendor, chat)
             state.waits.add(wait)
             # Reads that no webhook reports (Chert), or a store no receiver writes to: ask the
             # vendor at once. Otherwise webhooks come first and reconcile only covers lost ones.
-            immediate = vendor in RECONCILE_ONLY_VENDORS or not has_receiver
+            immediate = reads_by_polling_only(vendor) or not has_receiver
             due = time.time() + (0.0 if immediate else reconcile_interval)
             if state.next_due == 0.0 or due < state.next_due:
                 self._schedule_reconcile(state, due)
@@ -518,7 +312,8 @@ class StorePoller:
                 await self._task
         for budget in self._budgets.values():
             await budget.close()
-        await self._close_listener()
+        if self._listener is not None:
+            await self._listener.close()
         for waits in list(self._waits.values()):
             for wait in waits:
                 if not wait.future.done():
@@ -538,10 +333,25 @@ class StorePoller:
         if exc is not None:
             # A bug in the poller: fail every wait loudly rather than leave them hanging forever.
             log.error("the receipt store poller stopped: %r", exc, exc_info=exc)
-            fault = WaitFault(FAULT_INTERNAL, f"the receipt store poller stopped: {exc!r}")
+            fault = ReadReceiptWaitError(FAULT_INTERNAL, f"the receipt store poller stopped: {exc!r}")
             for waits in list(self._waits.values()):
                 for wait in waits:
                     wait.fail(fault)
+
+    @property
+    def _notified_id(self) -> int:
+        return self._listener.notified_id if self._listener is not None else 0
+
+    async def _ensure_listener(self) -> None:
+        if self._listener is None and self.store.dialect == "postgresql":
+            self._listener = StoreListener(
+                self.store.url, on_notify=self._wake.set, on_lost=self._listener_lost
+            )
+        if self._listener is not None:
+            await self._listener.ensure()
+
+    def _listener_lost(self) -> None:
+        self._seen_id = None  # notifications may have been missed: start again from a sweep
 
     async def _run(self) -> None:
         while not self.closed:
@@ -600,12 +410,12 @@ class StorePoller:
         self._last_poll_started = started
         seen_id = self._seen_id
         try:
-            if self._listener is not None and seen_id is None:
+            if self.listening and seen_id is None:
                 # Where the NOTIFY-driven checks start: every event up to here is in this sweep.
                 seen_id, sweep = await self.store.max_event_id(), True
                 keys = list(self._waits)
                 self.event_queries += 1
-            elif self._listener is not None and seen_id is not None and self._notified_id > seen_id:
+            elif self.listening and seen_id is not None and self._notified_id > seen_id:
                 changed, seen_id = await self._changed_keys(seen_id)
                 keys = list(set(keys) | {key for key in changed if key in self._waits})
             statuses = await self.store.statuses(keys) if keys else {}
@@ -692,7 +502,7 @@ class StorePoller:
             if not wait.has_receiver and not state.ever_succeeded:
                 self._fail(
                     wait,
-                    WaitFault(
+                    ReadReceiptWaitError(
                         FAULT_NO_SOURCE,
                         f"no receiver has ever written to the receipt store {self.display_url} and the"
                         f" vendor's status API never answered for {wait.key[0]}/{wait.key[1]}"
@@ -712,7 +522,7 @@ class StorePoller:
         wait.finish(end)
         self._awaiting_final.discard(wait)
 
-    def _fail(self, wait: Wait, fault: WaitFault) -> None:
+    def _fail(self, wait: Wait, fault: ReadReceiptWaitError) -> None:
         wait.fail(fault)
         self._awaiting_final.discard(wait)
 
@@ -730,7 +540,7 @@ class StorePoller:
                 if failing_for >= wait.store_error_grace:
                     self._fail(
                         wait,
-                        WaitFault(
+                        ReadReceiptWaitError(
                             FAULT_STORE,
                             f"the receipt store {self.display_url} could not be read for {failing_for:.0f}s:"
                             f" {type(exc).__name__}: {exc}",
@@ -739,18 +549,16 @@ class StorePoller:
 
     # -- reconcile --------------------------------------------------------------------------------
 
-    def _budget(self, conn_id: str, vendor: str, rate_per_minute: float | None) -> _ConnectionBudget:
-        rate = rate_per_minute or DEFAULT_RECONCILE_RATE_PER_MINUTE.get(
-            vendor, FALLBACK_RECONCILE_RATE_PER_MINUTE
-        )
+    def _budget(self, conn_id: str, vendor: str, rate_per_minute: float | None) -> ConnectionBudget:
+        rate = rate_per_minute or default_reconcile_rate(vendor)
         budget = self._budgets.get(conn_id)
         if budget is None:
-            budget = self._budgets[conn_id] = _ConnectionBudget(self, conn_id, vendor, rate)
+            budget = self._budgets[conn_id] = ConnectionBudget(self, conn_id, vendor, rate)
         else:
             budget.limit_rate(rate)
         return budget
 
-    def _schedule_reconcile(self, state: _ReconcileKey, due: float) -> None:
+    def _schedule_reconcile(self, state: ReconcileKey, due: float) -> None:
         state.next_due = due
         heapq.heappush(self._reconcile_due, (due, next(self._counter), state))
 
@@ -762,62 +570,18 @@ class StorePoller:
                 continue  # rescheduled since, or no wait needs it any more
             self._budgets[state.key[0]].enqueue(state)
 
-    def _reconciled(self, state: _ReconcileKey, retry_in: float | None) -> None:
+    def reconciled(self, state: ReconcileKey, retry_in: float | None) -> None:
         """A reconcile call ended: schedule the next one and look at the store again now."""
         if state.waits and self._reconcile.get(state.key) is state:
             self._schedule_reconcile(state, time.time() + (retry_in or state.interval))
         self._wake.set()
 
-    def _fail_connection(self, conn_id: str, fault: WaitFault) -> None:
+    def fail_connection(self, conn_id: str, fault: ReadReceiptWaitError) -> None:
         for key, waits in list(self._waits.items()):
             if key[0] == conn_id:
                 for wait in list(waits):
                     if wait.reconcile_interval:
                         self._fail(wait, fault)
-
-    # -- PostgreSQL LISTEN ------------------------------------------------------------------------
-
-    async def _ensure_listener(self) -> None:
-        if self._listener is not None or self.store.dialect != "postgresql":
-            return
-        if time.monotonic() < self._listen_next_try:
-            return
-        self._listen_next_try = time.monotonic() + LISTEN_RETRY
-        try:
-            from airflow_provider_readreceipts.store import NOTIFY_CHANNEL
-            from airflow_provider_readreceipts.store.engines import connect_asyncpg
-
-            # The store's own connect path: every URL parameter (sslmode, ...) holds here too.
-            connection = await connect_asyncpg(self.store.url, timeout=LISTEN_CONNECT_TIMEOUT)
-            await connection.add_listener(NOTIFY_CHANNEL, self._on_notify)
-            connection.add_termination_listener(self._on_listener_lost)
-            self._listener = connection
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("cannot LISTEN on the receipt store (polling only): %s", exc)
-
-    def _on_notify(self, connection: Any, pid: int, channel: str, payload: str) -> None:
-        self.notifications += 1
-        try:
-            last_id = int(json.loads(payload)["last_id"])
-        except (ValueError, KeyError, TypeError):
-            last_id = self._notified_id + 1  # unknown payload: assume something new
-        self._notified_id = max(self._notified_id, last_id)
-        self._wake.set()
-
-    def _on_listener_lost(self, connection: Any) -> None:
-        log.warning("the receipt store's LISTEN connection was lost; polling until it is back")
-        self._listener = None
-        self._seen_id = None  # notifications may have been missed: start again from a sweep
-        self._listen_next_try = time.monotonic() + 1.0
-
-    async def _close_listener(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                listener.remove_termination_listener(self._on_listener_lost)
-                await listener.close(timeout=5)
 
 
 def _utc(timestamp: float) -> datetime:

@@ -4,9 +4,10 @@ stores its receipt events; ``GET /healthz`` tells a load balancer whether the st
 
 The guarantees, and where each is kept:
 
-- **2xx only after the commit.** Events go to the store through a writer (:class:`~airflow_provider_readreceipts.store.Writer`),
-  whose ``submit()`` resolves only once the transaction holding them has committed (group commit:
-  one commit for every request that arrived meanwhile, which is what makes durable writes fast).
+- **2xx only after the commit.** Events go to the store through a writer
+  (:class:`~airflow_provider_readreceipts.store.Writer`), whose submissions resolve only once the
+  transaction holding them has committed (group commit: one commit for every request that arrived
+  meanwhile, which is what makes durable writes fast).
   The requests of one turn of the event loop are handed over as one submission
   (:meth:`Receiver.record`), and each is answered from that submission's result, so still only
   after its commit. A failed or slow commit answers 503 so the vendor retries; its events may or
@@ -155,7 +156,7 @@ class ConnectionResolver:
         from airflow.sdk import BaseHook
         from airflow.sdk.exceptions import AirflowNotFoundException
 
-        from airflow_provider_readreceipts.hooks import HOOK_CLASSES, hook_for
+        from airflow_provider_readreceipts.vendors import SPECS, hook_for
 
         now = time.monotonic()
         try:
@@ -169,10 +170,10 @@ class ConnectionResolver:
                 None, 503, f"connection {conn_id!r} could not be looked up ({type(exc).__name__})", now + 1.0
             )
         conn_type = connection.conn_type
-        if conn_type not in HOOK_CLASSES:
+        if conn_type not in SPECS:
             problem = (
                 f"connection {conn_id!r} is of type {conn_type!r}, which is not a read-receipts vendor "
-                f"(expected one of {', '.join(sorted(HOOK_CLASSES))})"
+                f"(expected one of {', '.join(sorted(SPECS))})"
             )
             return _Resolution(None, 404, problem, now + self.missing_ttl)
         try:

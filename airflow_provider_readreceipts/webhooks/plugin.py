@@ -1,7 +1,7 @@
 """
 The Airflow plugin that mounts the webhook receiver on the Airflow API server at ``/readreceipts``.
 
-Registered through the ``airflow.plugins`` entry point only (see DESIGN.md: on Airflow 3.3 a
+Registered through the ``airflow.plugins`` entry point only (on Airflow 3.3 a
 plugin named in ``get_provider_info()`` is skipped while provider discovery is lazy). Every Airflow
 process loads plugins, the scheduler and the workers included, so this module imports nothing
 heavy: the FastAPI app is built the first time the API server asks for ``fastapi_apps``, and the

@@ -128,10 +128,10 @@ def tune_garbage_collector() -> None:
     this cut the CPU per webhook by about a third. Only here: inside the Airflow API server (the
     plugin) the process is not the receiver's to tune.
     """
-    from airflow_provider_readreceipts.hooks import HOOK_CLASSES, hook_class_for
     from airflow_provider_readreceipts.store import ReceiptStore  # noqa: F401
+    from airflow_provider_readreceipts.vendors import SPECS, hook_class_for
 
-    for conn_type in HOOK_CLASSES:
+    for conn_type in SPECS:
         hook_class_for(conn_type)
     gc.collect()
     gc.freeze()

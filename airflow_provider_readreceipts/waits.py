@@ -1,8 +1,16 @@
 """
-What a wait for a read receipt decides, shared by the sensor (poke and reschedule modes) and the trigger.
+The wait contract: what a wait for a read receipt can end with, and how that is decided.
+
+Shared by the read sensor (poke and reschedule modes, in the worker) and its trigger (in the
+triggerer), so both reach the same verdict on the same data, and public, so that DAG code and other
+packages can type what they receive:
+
+- :data:`OUTCOMES` and :class:`WaitResult`, the sensor's XCom value;
+- :class:`WaitPolicy`, which reads end a wait on a group message, and :func:`verdict`;
+- :class:`ReadReceiptWaitError`, a fault of our own, which fails the task and is never "unread".
 
 Pure functions over the store's view of one message: no I/O, nothing heavy imported, so the sensor
-module can use it at DAG-parse time and both modes reach the same verdict on the same data.
+module can use it at DAG-parse time.
 """
 
 from __future__ import annotations
@@ -10,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypedDict
 
-from airflow_provider_readreceipts.receipts import InvalidInputError, Status
+from airflow_provider_readreceipts.receipts import InvalidInputError, ReadReceiptsError, Status
+from airflow_provider_readreceipts.vendors import SPECS
 
 #: The three outcomes a wait can end with; each is a normal, green end of the sensor task.
 OUTCOME_READ = "read"
@@ -30,13 +39,56 @@ FAULT_INTERNAL = "internal"
 #: Faults a task retry cannot fix: the sensor fails without retrying.
 PERMANENT_FAULTS = frozenset({FAULT_CONFIGURATION, FAULT_NO_SOURCE})
 
-#: Vendors whose READ is only visible through their status API (no read webhook).
-RECONCILE_ONLY_VENDORS = frozenset({"chert"})
+
+def reads_by_polling_only(vendor: str) -> bool:
+    """Whether ``vendor``'s READ is only visible through its status API (no read webhook)."""
+    spec = SPECS.get(vendor)
+    return spec is not None and spec.reads_by_polling_only
 
 
-class WaitFault(Exception):
+class WaitResult(TypedDict):
     """
-    A fault of our own that must fail the wait, never turn into "unread".
+    What a wait ends with: the read sensor's XCom value, and its trigger's event.
+
+    ``outcome`` is ``"read"``, ``"unread"`` (the deadline passed first) or ``"failed"`` (the
+    vendor reported FAILED; its reason in ``failure_reason``).
+    """
+
+    outcome: str
+    #: The message's normalised status when the wait ended, and the vendor's own word for it.
+    status: str | None
+    raw_status: str | None
+    #: When it was first read (ISO 8601, UTC), and how long after ``sent_at``.
+    read_at: str | None
+    time_to_read_seconds: float | None
+    #: Group participants who read it, earliest first.
+    readers: list[str]
+    #: ``"webhook"`` or ``"reconcile"`` (the vendor's status API).
+    learned_via: str | None
+    vendor: str
+    conn_id: str
+    message_id: str
+    chat: str
+    sent_at: str | None
+    deadline: str
+    checked_at: str
+    failure_code: str | None
+    failure_reason: str | None
+    note: str | None
+
+
+class WaitErrorEvent(TypedDict):
+    """The trigger's event for a fault of our own; the sensor turns it into a task failure."""
+
+    outcome: str
+    kind: str
+    error: str
+
+
+class ReadReceiptWaitError(ReadReceiptsError):
+    """
+    A fault of our own that must fail the wait, never turn into "unread": the receipt store
+    unreachable, no receiver and no reconcile, bad configuration.
 
     :param kind: one of the ``FAULT_*`` constants.
     :param message: what went wrong and what to do about it.
@@ -47,7 +99,13 @@ class WaitFault(Exception):
         self.message = message
         super().__init__(message)
 
-    def to_event(self) -> dict[str, Any]:
+    @property
+    def permanent(self) -> bool:
+        """Whether a task retry cannot fix it (the same configuration fails the same way)."""
+        return self.kind in PERMANENT_FAULTS
+
+    def to_event(self) -> WaitErrorEvent:
+        """The trigger's event for this fault."""
         return {"outcome": OUTCOME_ERROR, "kind": self.kind, "error": self.message}
 
 
@@ -194,7 +252,7 @@ def result(
     deadline: datetime,
     checked_at: datetime,
     note: str | None = None,
-) -> dict[str, Any]:
+) -> WaitResult:
     """
     The sensor's XCom value: everything a downstream branch needs, JSON-serialisable.
 
