@@ -26,7 +26,6 @@ applied version in ``rr_schema_version``:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 #: The schema version this package writes; :func:`migrate_schema` brings a store up to it.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The PostgreSQL channel notified after each commit that stored new events.
 NOTIFY_CHANNEL = "readreceipts"
 
@@ -86,7 +85,7 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-_metadata = sa.MetaData()
+metadata = sa.MetaData()
 
 # SQLite needs INTEGER (not BIGINT) for a rowid alias, and AUTOINCREMENT so that ids are never
 # reused after purge deletes the newest rows: a reused id would hide events from a cursor.
@@ -94,7 +93,7 @@ _EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 schema_version_table = sa.Table(
     "rr_schema_version",
-    _metadata,
+    metadata,
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("applied_at", UTCDateTime, nullable=False),
     sa.Column("package_version", sa.Text, nullable=False),
@@ -102,7 +101,7 @@ schema_version_table = sa.Table(
 
 events_table = sa.Table(
     "rr_events",
-    _metadata,
+    metadata,
     sa.Column("id", _EventId, primary_key=True, autoincrement=True),
     sa.Column("conn_id", sa.Text, nullable=False),
     sa.Column("vendor", sa.Text, nullable=False),
@@ -119,6 +118,10 @@ events_table = sa.Table(
     sa.Column("error_message", sa.Text, nullable=False, server_default=""),
     sa.Column("source", sa.Text, nullable=False),
     sa.Column("payload", sa.Text, nullable=False, server_default="{}"),
+    # Version 2: the participant and the conversation by identity (identity.normalize_identity),
+    # beside the raw values above, for group policies and for matching replies to sends.
+    sa.Column("participant_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("chat_key", sa.Text, nullable=False, server_default=""),
     sa.UniqueConstraint("conn_id", "message_id", "dedup_status", "participant", name="rr_events_once"),
     sa.Index(
         "rr_events_vendor_event_id",
@@ -129,12 +132,20 @@ events_table = sa.Table(
         postgresql_where=sa.text("event_id <> ''"),
     ),
     sa.Index("rr_events_received_at", "received_at"),
+    sa.Index(
+        "rr_events_inbound_by_chat",
+        "conn_id",
+        "chat_key",
+        "id",
+        sqlite_where=sa.text("status = 'RECEIVED'"),
+        postgresql_where=sa.text("status = 'RECEIVED'"),
+    ),
     sqlite_autoincrement=True,
 )
 
 messages_table = sa.Table(
     "rr_messages",
-    _metadata,
+    metadata,
     sa.Column("conn_id", sa.Text, primary_key=True),
     sa.Column("message_id", sa.Text, primary_key=True),
     sa.Column("vendor", sa.Text, nullable=False),
@@ -155,7 +166,7 @@ messages_table = sa.Table(
 
 heartbeats_table = sa.Table(
     "rr_heartbeats",
-    _metadata,
+    metadata,
     sa.Column("receiver_id", sa.Text, primary_key=True),
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("seen_at", UTCDateTime, nullable=False),
@@ -163,25 +174,124 @@ heartbeats_table = sa.Table(
 
 cursors_table = sa.Table(
     "rr_cursors",
-    _metadata,
+    metadata,
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 
 
-def _migrate_to_1(conn: Connection) -> None:
-    """Version 1: events, current statuses, heartbeats and cursors."""
-    # This creates the tables as defined above. When a later version alters one of them, give this
-    # step a frozen copy of the version-1 definitions first, so old stores upgrade step by step.
-    _metadata.create_all(
-        conn, tables=[events_table, messages_table, heartbeats_table, cursors_table], checkfirst=False
-    )
+# -- version 2 --------------------------------------------------------------------------------------
 
+outbound_table = sa.Table(
+    "rr_outbound",
+    metadata,
+    # Every message this package sent or waits on, by the conversation it went to: a reply is the
+    # answer to the latest message sent to its conversation before it (see the README, "Replies").
+    sa.Column("conn_id", sa.Text, primary_key=True),
+    sa.Column("message_id", sa.Text, primary_key=True),
+    sa.Column("vendor", sa.Text, nullable=False),
+    sa.Column("chat_key", sa.Text, nullable=False),
+    sa.Column("recipient", sa.Text, nullable=False, server_default=""),
+    #: Our own line it went from, where the vendor has several per account (Sendblue).
+    sa.Column("line", sa.Text, nullable=False, server_default=""),
+    sa.Column("sent_at", UTCDateTime, nullable=False),
+    sa.Column("campaign_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("step", sa.Text, nullable=False, server_default=""),
+    sa.Index("rr_outbound_by_chat", "conn_id", "chat_key", "sent_at"),
+)
 
-#: Schema versions and the step that brings a store from the previous version to each.
-_MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_to_1}
-assert max(_MIGRATIONS) == SCHEMA_VERSION
+campaigns_table = sa.Table(
+    "rr_campaigns",
+    metadata,
+    sa.Column("campaign_id", sa.Text, primary_key=True),
+    sa.Column("dag_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("run_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+)
+
+campaign_steps_table = sa.Table(
+    "rr_campaign_steps",
+    metadata,
+    sa.Column("campaign_id", sa.Text, primary_key=True),
+    sa.Column("step", sa.Text, primary_key=True),
+    #: 1 for the campaign's first step, 2 for the next one created, ...
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),  # "message" or "call"
+    sa.Column("vendor", sa.Text, nullable=False),
+    sa.Column("conn_id", sa.Text, nullable=False),
+    sa.Column("channel", sa.Text, nullable=False, server_default=""),
+    sa.Column("task_id", sa.Text, nullable=False, server_default=""),
+    #: The step and outcome group this step acts on ("" for a campaign's first step).
+    sa.Column("source_step", sa.Text, nullable=False, server_default=""),
+    sa.Column("source_outcome", sa.Text, nullable=False, server_default=""),
+    sa.Column("recipients", sa.Integer, nullable=False),
+    #: SHA-256 of the sorted recipients: a campaign id reused with another recipient set is refused.
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("send_finished_at", UTCDateTime, nullable=True),
+    #: Set by the campaign wait: what ends a recipient's wait, and when.
+    sa.Column("wait_until", sa.Text, nullable=False, server_default=""),
+    sa.Column("read_within_seconds", sa.Float, nullable=True),
+    sa.Column("deadline_at", UTCDateTime, nullable=True),
+    sa.Column("wait_started_at", UTCDateTime, nullable=True),
+    sa.Column("wait_finished_at", UTCDateTime, nullable=True),
+)
+
+campaign_recipients_table = sa.Table(
+    "rr_campaign_recipients",
+    metadata,
+    sa.Column("campaign_id", sa.Text, primary_key=True),
+    sa.Column("step", sa.Text, primary_key=True),
+    #: E.164 for a phone number (identity.normalize_identity), a group id for a group.
+    sa.Column("recipient", sa.Text, primary_key=True),
+    #: The row's place in the step's input, for ordering and paging.
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("vendor", sa.Text, nullable=False),
+    sa.Column("conn_id", sa.Text, nullable=False),
+    #: The vendor's own name of the conversation (a Chert chat id, a RyzeAPI JID's digits, ...).
+    sa.Column("chat", sa.Text, nullable=False, server_default=""),
+    sa.Column("chat_key", sa.Text, nullable=False, server_default=""),
+    sa.Column("message_id", sa.Text, nullable=True),
+    #: pending, sending, sent, send_unknown or refused (with send_error).
+    sa.Column("send_state", sa.Text, nullable=False),
+    sa.Column("send_error", sa.Text, nullable=False, server_default=""),
+    #: The input row's own fields (JSON), for templated texts.
+    sa.Column("fields", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("attempted_at", UTCDateTime, nullable=True),
+    sa.Column("sent_at", UTCDateTime, nullable=True),
+    #: read, unread, failed or replied, once decided; NULL while waiting or never sent.
+    sa.Column("outcome", sa.Text, nullable=True),
+    sa.Column("decided_at", UTCDateTime, nullable=True),
+    sa.Column("delivered_at", UTCDateTime, nullable=True),
+    sa.Column("read_at", UTCDateTime, nullable=True),
+    sa.Column("failure_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("note", sa.Text, nullable=False, server_default=""),
+    sa.Column("reconciled_at", UTCDateTime, nullable=True),
+    sa.Column("replied_at", UTCDateTime, nullable=True),
+    sa.Column("reply_text", sa.Text, nullable=False, server_default=""),
+    sa.Column("reply_label", sa.Text, nullable=False, server_default=""),
+    sa.Column("reply_message_id", sa.Text, nullable=False, server_default=""),
+    sa.Column("reply_sender", sa.Text, nullable=False, server_default=""),
+    sa.Index("rr_campaign_recipients_by_message", "conn_id", "message_id"),
+    sa.Index("rr_campaign_recipients_by_chat", "conn_id", "chat_key"),
+    sa.Index("rr_campaign_recipients_waiting", "campaign_id", "step", "outcome", "sent_at"),
+    sa.Index("rr_campaign_recipients_in_order", "campaign_id", "step", "seq"),
+)
+
+claims_table = sa.Table(
+    "rr_claims",
+    metadata,
+    # Who handles a stored event: claimed once across runs, processes and restarts, and handed to
+    # another claimant only after the lease of a crashed handler ran out.
+    sa.Column("claimer", sa.Text, primary_key=True),
+    sa.Column("event_id", sa.BigInteger, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("claimed_at", UTCDateTime, nullable=False),
+    sa.Column("lease_until", UTCDateTime, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("done_at", UTCDateTime, nullable=True),
+)
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -215,11 +325,14 @@ def migrate_schema(conn: Connection, display_url: str) -> int:
     current = conn.execute(sa.select(sa.func.max(schema_version_table.c.version))).scalar() or 0
     if current > SCHEMA_VERSION:
         require_schema(current, display_url)
-    for version in sorted(_MIGRATIONS):
+    from airflow_provider_readreceipts.store.migrations import MIGRATIONS
+
+    assert max(MIGRATIONS) == SCHEMA_VERSION
+    for version in sorted(MIGRATIONS):
         if version <= current:
             continue
         log.info("Receipt store %s: applying schema version %d", display_url, version)
-        _MIGRATIONS[version](conn)
+        MIGRATIONS[version](conn)
         conn.execute(
             schema_version_table.insert().values(
                 version=version, applied_at=utcnow(), package_version=__version__

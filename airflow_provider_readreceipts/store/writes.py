@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
+from airflow_provider_readreceipts.identity import normalize_identity
 from airflow_provider_readreceipts.receipts import (
     ReceiptEvent,
     Status,
@@ -63,6 +64,8 @@ _EVENT_COLUMNS = (
     "error_message",
     "source",
     "payload",
+    "participant_id",
+    "chat_key",
 )
 _MESSAGE_COLUMNS = (
     "conn_id",
@@ -366,6 +369,8 @@ def write_entries(conn: Connection, entries: Sequence[tuple[ReceiptEvent, str]])
                 event.error_message or "",
                 source,
                 payload_text(event.payload),
+                normalize_identity(participant),
+                normalize_identity(event.chat_id or ""),
             ]
         )
     stored: dict[tuple[_EventKey, str], int] = {}
