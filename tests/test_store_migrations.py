@@ -78,7 +78,8 @@ def test_version_1_store_with_data_upgrades_to_version_2(store_url):
             versions = conn.execute(sa.select(schema_version_table.c.version)).scalars().all()
             rows = conn.execute(
                 sa.text(
-                    "SELECT message_id, participant, participant_id, chat_key, payload FROM rr_events ORDER BY id"
+                    "SELECT message_id, participant, participant_id, chat_key, payload"
+                    " FROM rr_events ORDER BY id"
                 )
             ).all()
             cursor = conn.execute(sa.text("SELECT value FROM rr_cursors WHERE name = 'watcher'")).scalar()
