@@ -84,17 +84,19 @@ class AsyncReceiptStore:
         """The SQLAlchemy engine (for tests and diagnostics)."""
         return self._engine
 
-    async def _read(self, work: Callable[[Connection], _T]) -> _T:
+    async def read(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` (synchronous SQLAlchemy code) on a connection, without blocking the loop."""
         async with self._engine.connect() as conn:
             return await conn.run_sync(work)
 
-    async def _write(self, work: Callable[[Connection], _T]) -> _T:
+    async def write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction, committed when it returns."""
         async with self._write_engine.begin() as conn:
             return await conn.run_sync(work)
 
     async def schema_version(self) -> int | None:
         """The store's schema version; ``None`` when it has never been migrated."""
-        return await self._read(read_schema_version)
+        return await self.read(read_schema_version)
 
     async def check_schema(self) -> int:
         """The schema version; ``StoreSchemaError`` (saying what to run) when it is not this package's."""
@@ -106,7 +108,7 @@ class AsyncReceiptStore:
 
         :param keys: ``(conn_id, message_id)`` pairs; duplicates are fine.
         """
-        return await self._read(lambda conn: read_statuses(conn, keys))
+        return await self.read(lambda conn: read_statuses(conn, keys))
 
     async def record(self, events: Sequence[ReceiptEvent], *, source: str = SOURCE_RECONCILE) -> list[bool]:
         """
@@ -120,11 +122,11 @@ class AsyncReceiptStore:
         entries = [(event, source) for event in events]
         if not entries:
             return []
-        return await self._write(lambda conn: write_entries(conn, entries))
+        return await self.write(lambda conn: write_entries(conn, entries))
 
     async def last_heartbeat(self) -> datetime | None:
         """When any receiver last recorded a heartbeat here; ``None`` when none ever did."""
-        return await self._read(lambda conn: conn.execute(last_heartbeat_query()).scalar())
+        return await self.read(lambda conn: conn.execute(last_heartbeat_query()).scalar())
 
     async def events_after(
         self,
@@ -143,7 +145,7 @@ class AsyncReceiptStore:
         :param limit: at most this many.
         """
         query = select_events_after(cursor, conn_id=conn_id, statuses=statuses, limit=limit)
-        return await self._read(lambda conn: [stored_event(row) for row in conn.execute(query)])
+        return await self.read(lambda conn: [stored_event(row) for row in conn.execute(query)])
 
     async def events_page(
         self,
@@ -159,13 +161,13 @@ class AsyncReceiptStore:
         With a filter, the next cursor moves past events that do not match too, so a quiet filter
         does not rescan the same rows at every poll.
         """
-        return await self._read(
+        return await self.read(
             lambda conn: events_page(conn, cursor, conn_id=conn_id, statuses=statuses, limit=limit)
         )
 
     async def max_event_id(self) -> int:
         """The newest event id (0 for an empty store): where a new cursor starts to see only new events."""
-        return await self._read(
+        return await self.read(
             lambda conn: conn.execute(sa.select(sa.func.max(events_table.c.id))).scalar() or 0
         )
 
@@ -176,7 +178,7 @@ class AsyncReceiptStore:
         :param name: the cursor's name, e.g. the event trigger's identity.
         """
         query = sa.select(cursors_table.c.value).where(cursors_table.c.name == name)
-        value = await self._read(lambda conn: conn.execute(query).scalar())
+        value = await self.read(lambda conn: conn.execute(query).scalar())
         return int(value or 0)
 
     async def set_cursor(self, name: str, value: int) -> None:
@@ -186,7 +188,7 @@ class AsyncReceiptStore:
         :param name: the cursor's name.
         :param value: the last event id handled.
         """
-        await self._write(lambda conn: set_cursor(conn, name, value))
+        await self.write(lambda conn: set_cursor(conn, name, value))
 
     async def dispose(self) -> None:
         """Close every pooled connection."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
 from airflow_provider_readreceipts.receipts import (
     InvalidInputError,
@@ -91,6 +91,16 @@ class ReceiptStore:
     def engine(self) -> Engine:
         """The SQLAlchemy engine (for tests and diagnostics)."""
         return self._engine
+
+    def read(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` on a connection (no write lock); for the store's feature modules."""
+        with self._engine.connect() as conn:
+            return work(conn)
+
+    def write(self, work: Callable[[Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction, committed when it returns; for feature modules."""
+        with self._write_engine.begin() as conn:
+            return work(conn)
 
     def migrate(self) -> int:
         """
