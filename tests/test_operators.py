@@ -19,7 +19,6 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_readreceipts.operators._bulk import SlidingWindowRateLimiter
 from airflow_provider_readreceipts.operators.mark_read import (
     ChertBulkMarkReadOperator,
     ChertMarkReadOperator,
@@ -38,6 +37,7 @@ from airflow_provider_readreceipts.operators.send_message import (
     SendblueSendMessageOperator,
     idempotency_key_for,
 )
+from airflow_provider_readreceipts.rate_limits import SlidingWindowRateLimiter
 from airflow_provider_readreceipts.receipts import VendorAPIError
 from tests.fakes import direct7 as direct7_fake
 from tests.fakes import sendblue as sendblue_fake

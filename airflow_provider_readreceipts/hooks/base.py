@@ -23,6 +23,7 @@ keeps the list and the class in step):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -50,9 +51,16 @@ from airflow_provider_readreceipts import __version__
 from airflow_provider_readreceipts.hooks.inputs import normalize_e164, require_text
 from airflow_provider_readreceipts.hooks.payload import (
     WebhookRequest,
+    first_text,
     optional_text,
     parse_timestamp,
     secrets_equal,
+)
+from airflow_provider_readreceipts.rate_limits import (
+    SlidingWindowRateLimiter,
+    rate_limit_session,
+    shared_budget,
+    token_fingerprint,
 )
 from airflow_provider_readreceipts.receipts import (
     DeliveryUnknownError,
@@ -213,6 +221,9 @@ class ReadReceiptsHook(HttpHook):
         self._async_loop: asyncio.AbstractEventLoop | None = None
         self._async_connection: Connection | None = None
         self._parsed_extras: tuple[Connection, dict[str, Any]] | None = None
+        #: (limit, period) asked for by share_rate_budget(); the budget itself once resolved.
+        self._budget_request: tuple[int | None, float | None] | None = None
+        self._budget: SlidingWindowRateLimiter | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} conn_id={self.http_conn_id!r}>"
@@ -325,10 +336,50 @@ class ReadReceiptsHook(HttpHook):
             self.connection  # noqa: B018 - load and mask secrets before the session exists
             session = super().get_conn()
             session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+            budget = self._resolve_budget()
+            if budget is not None:
+                rate_limit_session(session, budget)
             self._session = session
         if headers:
             self._session.headers.update(headers)
         return self._session
+
+    # -- the token's request budget ---------------------------------------------------------------
+
+    def share_rate_budget(self, *, limit: int | None = None, period: float | None = None) -> None:
+        """
+        Draw every request of this hook, sync and async, retries included, from the one budget of
+        its vendor token in this process (:func:`~airflow_provider_readreceipts.rate_limits.shared_budget`).
+
+        Call it before the first request. The budget's size is the connection's
+        ``rate_limit_per_minute`` extra, else the vendor registry's default; ``limit`` per
+        ``period`` narrows it when stricter.
+        """
+        if self._session is not None or self._async_session is not None:
+            raise RuntimeError("share_rate_budget() must be called before the hook's first request")
+        self._budget_request = (limit, period)
+
+    @property
+    def rate_budget(self) -> SlidingWindowRateLimiter | None:
+        """The shared budget this hook draws from, once resolved; ``None`` when it draws from none."""
+        return self._budget
+
+    def _resolve_budget(self) -> SlidingWindowRateLimiter | None:
+        if self._budget_request is None or self._budget is not None:
+            return self._budget
+        conn = self._current_connection()
+        configured = self._extra_of(conn, "rate_limit_per_minute")
+        budget = shared_budget(
+            self.conn_type,
+            token_fingerprint(conn.login, conn.password),
+            limit=int(configured) if configured not in (None, "") else None,
+            period=60.0 if configured not in (None, "") else None,
+        )
+        limit, period = self._budget_request
+        if limit is not None:
+            budget.narrow(limit, period or 60.0)
+        self._budget = budget
+        return budget
 
     def auth_headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         """
@@ -501,12 +552,16 @@ class ReadReceiptsHook(HttpHook):
         if params:
             url = url.with_query({k: str(v) for k, v in params.items()})
 
+        budget = self._resolve_budget()
         async for attempt in AsyncRetrying(**self._retry_policy()):
             with attempt:
                 try:
-                    async with session.request(
-                        method, url, headers=self.auth_headers(method, url.raw_path_qs, b"")
-                    ) as response:
+                    async with (
+                        budget.aslot() if budget is not None else contextlib.nullcontext(),
+                        session.request(
+                            method, url, headers=self.auth_headers(method, url.raw_path_qs, b"")
+                        ) as response,
+                    ):
                         content = await response.read()
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     raise self._transport_error(operation, exc, idempotent=True) from None
@@ -558,6 +613,14 @@ class ReadReceiptsHook(HttpHook):
         the payload.
         """
         raise NotImplementedError
+
+    @classmethod
+    def inbound_text(cls, payload: Mapping[str, Any]) -> str:
+        """
+        The text of an inbound message from the payload the store kept of it ("" for none), for
+        classifying replies. Per vendor; the base reads the common ``text``, ``body``, ``content``.
+        """
+        return first_text(payload, ("text", "body", "content", "message"))
 
     # -- reconcile (used by the read sensor's trigger) --------------------------------------------
 

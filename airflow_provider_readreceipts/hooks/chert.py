@@ -380,6 +380,20 @@ class ChertHook(ReadReceiptsHook, spec=SPEC):
             )
         ]
 
+    @classmethod
+    def inbound_text(cls, payload: Mapping[str, Any]) -> str:
+        """A ``message.received`` text: its text parts joined, or the legacy ``text`` / ``body``."""
+        parts = dig(payload, "data.message.parts")
+        if isinstance(parts, list):
+            texts = [
+                str(part.get("value"))
+                for part in parts
+                if isinstance(part, Mapping) and part.get("type") == "text" and part.get("value")
+            ]
+            if texts:
+                return "\n".join(texts).strip()
+        return first_text(payload, ("data.message.text", "data.message.body", "text", "body"))
+
     # -- connection test --------------------------------------------------------------------------
 
     def probe(self) -> None:

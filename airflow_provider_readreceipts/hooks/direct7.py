@@ -340,6 +340,11 @@ class Direct7Hook(ReadReceiptsHook, spec=SPEC):
         configured = self.extra(extra_name)
         return (str(configured), *defaults) if configured else defaults
 
+    @classmethod
+    def inbound_text(cls, payload: Mapping[str, Any]) -> str:
+        """An inbound message's text: Direct7 documents no inbound payload, so the usual places."""
+        return first_text(payload, ("text", "body", "message", "content.text.body", "content.text"))
+
     # -- connection test ----------------------------------------------------------------------------
 
     def probe(self) -> None:

@@ -35,6 +35,7 @@ from airflow_provider_readreceipts.hooks.payload import (
     WebhookRequest,
     dig,
     first,
+    first_text,
     is_text,
     parse_timestamp,
     secrets_equal,
@@ -417,6 +418,21 @@ class RyzeHook(ReadReceiptsHook, spec=SPEC):
             if exc.status_code == 404 and "instance not found" not in exc.message.lower():
                 return
             raise
+
+    @classmethod
+    def inbound_text(cls, payload: Mapping[str, Any]) -> str:
+        """A ``message.exchange`` text, wherever RyzeAPI and WhatsApp gateways keep it."""
+        return first_text(
+            payload,
+            (
+                "data.message.content",
+                "data.message.conversation",
+                "data.message.text",
+                "data.message.extendedTextMessage.text",
+                "data.text",
+                "data.body",
+            ),
+        )
 
     # -- webhooks ---------------------------------------------------------------------------------
 

@@ -8,11 +8,18 @@ enabled for the account by Sendblue.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from airflow_provider_readreceipts.hooks.base import ReadReceiptsHook
 from airflow_provider_readreceipts.hooks.inputs import normalize_e164, require_text
-from airflow_provider_readreceipts.hooks.payload import WebhookRequest, parse_timestamp, secrets_equal, text
+from airflow_provider_readreceipts.hooks.payload import (
+    WebhookRequest,
+    first_text,
+    parse_timestamp,
+    secrets_equal,
+    text,
+)
 from airflow_provider_readreceipts.receipts import (
     InvalidInputError,
     ReceiptEvent,
@@ -214,6 +221,11 @@ class SendblueHook(ReadReceiptsHook, spec=SPEC):
                 payload=body,
             )
         ]
+
+    @classmethod
+    def inbound_text(cls, payload: Mapping[str, Any]) -> str:
+        """A receive webhook's ``content``."""
+        return first_text(payload, ("content", "text"))
 
     def probe(self) -> None:
         # A status look-up of a handle that cannot exist: 404 proves the credentials were accepted.

@@ -314,13 +314,12 @@ class BaseBulkMarkReadOperator(VendorOperator[HookT]):
     def execute(self, context: Context) -> BulkReport:
         # The engine (threads, limiter) is imported when a bulk task runs, not at DAG parse time.
         from airflow_provider_readreceipts.operators._bulk import (
-            SlidingWindowRateLimiter,
             describe_failures,
             invalid_item,
-            rate_limit_session,
             run_bulk,
             threshold_exceeded,
         )
+        from airflow_provider_readreceipts.rate_limits import SlidingWindowRateLimiter, rate_limit_session
 
         with invalid_input_fails_task():
             values = self._items()

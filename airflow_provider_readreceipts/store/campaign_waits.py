@@ -523,3 +523,49 @@ def mark_reconciled(conn: Connection, plan: WaitPlan, keys: Sequence[str], at: d
             .where(plan._row_filter(), recipients.recipient.in_(list(keys)))
             .values(reconciled_at=at)
         )
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """One poll of a campaign wait: what it decided and what is left."""
+
+    decided: Counter[str]
+    replies: int
+    expired: int
+    waiting: int
+    next_deadline: datetime | None
+    sending_finished: bool
+    cursor: int
+
+
+def poll(
+    conn: Connection,
+    plan: WaitPlan,
+    *,
+    cursor_name: str,
+    classify: Callable[[InboundMessage], Classified],
+    now: datetime,
+    reconcile_interval: float | None,
+) -> PollResult:
+    """
+    One poll, in one transaction: follow the events after the saved cursor, save the new cursor,
+    then decide the rows whose deadline passed before ``now`` (the time the poll started).
+    """
+    from airflow_provider_readreceipts.store.schema import cursors_table
+    from airflow_provider_readreceipts.store.writes import set_cursor
+
+    saved = conn.execute(sa.select(cursors_table.c.value).where(cursors_table.c.name == cursor_name)).scalar()
+    followed = follow(conn, plan, after=None if saved is None else int(saved), classify=classify)
+    if saved is None or followed.cursor != saved:
+        set_cursor(conn, cursor_name, followed.cursor)
+    expired = expire_due(conn, plan, now=now, reconcile_interval=reconcile_interval)
+    decided = Counter(followed.decided)
+    return PollResult(
+        decided=decided,
+        replies=followed.replies,
+        expired=expired,
+        waiting=waiting(conn, plan),
+        next_deadline=next_deadline(conn, plan),
+        sending_finished=sending_finished(conn, plan),
+        cursor=followed.cursor,
+    )

@@ -25,6 +25,8 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection
 
 from airflow_provider_readreceipts.receipts import ReadReceiptsError
@@ -125,6 +127,8 @@ class RecipientRow:
     replied_at: datetime | None
     reply_text: str
     reply_label: str
+    reply_message_id: str
+    reply_sender: str
     failure_reason: str
     note: str
 
@@ -185,7 +189,7 @@ def step_info(conn: Connection, campaign_id: str, step: str) -> StepInfo | None:
     row = conn.execute(
         sa.select(campaign_steps_table).where(steps.campaign_id == campaign_id, steps.step == step)
     ).one_or_none()
-    return None if row is None else StepInfo(**row._mapping)
+    return None if row is None else _step(row)
 
 
 def campaign_steps(conn: Connection, campaign_id: str) -> list[StepInfo]:
@@ -193,7 +197,7 @@ def campaign_steps(conn: Connection, campaign_id: str) -> list[StepInfo]:
     rows = conn.execute(
         sa.select(campaign_steps_table).where(steps.campaign_id == campaign_id).order_by(steps.position)
     ).all()
-    return [StepInfo(**row._mapping) for row in rows]
+    return [_step(row) for row in rows]
 
 
 def require_step(conn: Connection, campaign_id: str, step: str | None = None) -> StepInfo:
@@ -430,8 +434,9 @@ def record_sends(conn: Connection, campaign_id: str, step: str, results: Sequenc
     )
     sent = [result for result in results if result.state == SENT and result.message_id]
     if sent:
+        dialect_insert = pg.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
-            outbound_table.insert(),
+            dialect_insert(outbound_table).on_conflict_do_nothing(),
             [
                 {
                     "conn_id": info.conn_id,
@@ -518,6 +523,24 @@ def recipients_page(
     if search:
         query = query.where(recipients.recipient.contains(search, autoescape=True))
     return [_row(row) for row in conn.execute(query)]
+
+
+def labelled_recipients(conn: Connection, campaign_id: str, labels: Sequence[str]) -> set[str]:
+    """Recipients whose reply, in any step of the campaign, was classified under one of ``labels``."""
+    if not labels:
+        return set()
+    return set(
+        conn.execute(
+            sa.select(recipients.recipient)
+            .where(recipients.campaign_id == campaign_id, recipients.reply_label.in_(list(labels)))
+            .distinct()
+        ).scalars()
+    )
+
+
+def _step(row: Any) -> StepInfo:
+    mapping = row._mapping
+    return StepInfo(**{name: mapping[name] for name in StepInfo.__dataclass_fields__})
 
 
 def _row(row: Any) -> RecipientRow:
