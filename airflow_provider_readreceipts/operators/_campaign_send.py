@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
     from jinja2 import Template
 
-    from airflow_provider_readreceipts.operators.bulk_send import BaseBulkSendMessageOperator, CampaignStepRef
+    from airflow_provider_readreceipts.operators._campaign_step import CampaignStepOperator, CampaignStepRef
     from airflow_provider_readreceipts.store import ReceiptStore
     from airflow_provider_readreceipts.store.campaigns import NewRecipient, RecipientRow, SendResult, StepInfo
 
@@ -46,10 +46,9 @@ class Sent:
     line: str = ""
 
 
-def run_step(operator: BaseBulkSendMessageOperator[Any], context: Context) -> CampaignStepRef:
+def run_step(operator: CampaignStepOperator, context: Context) -> CampaignStepRef:
     """Register the step (or find it again), send what is left to send, and report."""
     from airflow_provider_readreceipts.store.campaigns import (
-        MESSAGE_STEP,
         finish_sending,
         recover_interrupted,
         step_counts,
@@ -68,7 +67,7 @@ def run_step(operator: BaseBulkSendMessageOperator[Any], context: Context) -> Ca
                 operator,
                 campaign_id=campaign_id,
                 step=step_name,
-                kind=MESSAGE_STEP,
+                kind=operator.step_kind,
                 task_id=ti.task_id,
                 dag_id=ti.dag_id,
                 run_id=ti.run_id,
@@ -90,8 +89,7 @@ def run_step(operator: BaseBulkSendMessageOperator[Any], context: Context) -> Ca
                 if operator.idempotent_sends
                 else "recorded as send_unknown, not sent again",
             )
-        operator.hook.share_rate_budget(limit=operator.rate_limit, period=operator.rate_limit_period)
-        operator.hook.get_conn()  # one session, built before the threads share it
+        operator.prepare_session()  # one session, built before the threads share it
         template = operator.get_template_env().from_string(operator.text)
         deferred = _send_all(operator, store, step, template, dict(context))
         if deferred == 0:
@@ -102,9 +100,9 @@ def run_step(operator: BaseBulkSendMessageOperator[Any], context: Context) -> Ca
     ref: CampaignStepRef = {
         "campaign_id": campaign_id,
         "step": step.step,
-        "vendor": operator.vendor,
-        "conn_id": operator.conn_id,
-        "channel": operator.spec.channel,
+        "vendor": operator.sender,
+        "conn_id": operator.sender_conn_id,
+        "channel": operator.channel,
         "counts": counts,
         "total": counts["total"],
     }
@@ -122,7 +120,7 @@ def run_step(operator: BaseBulkSendMessageOperator[Any], context: Context) -> Ca
     return ref
 
 
-def _open_store(operator: BaseBulkSendMessageOperator[Any]) -> ReceiptStore:
+def _open_store(operator: CampaignStepOperator) -> ReceiptStore:
     from airflow.sdk.exceptions import AirflowFailException
 
     from airflow_provider_readreceipts.receipts import ReadReceiptsError
@@ -137,10 +135,10 @@ def _open_store(operator: BaseBulkSendMessageOperator[Any]) -> ReceiptStore:
 
 
 def _names(
-    operator: BaseBulkSendMessageOperator[Any], context: Context, store: ReceiptStore
+    operator: CampaignStepOperator, context: Context, store: ReceiptStore
 ) -> tuple[str, str, str, str]:
     """The campaign id, this step's name, and the step and outcome group it acts on."""
-    from airflow_provider_readreceipts.operators.bulk_send import campaign_id_for
+    from airflow_provider_readreceipts.operators._campaign_step import campaign_id_for
     from airflow_provider_readreceipts.store.campaigns import check_group, require_step
 
     ti = context["ti"]
@@ -189,7 +187,7 @@ def _reference(campaign: Any) -> tuple[str, str | None] | None:
 
 
 def _new_recipients(
-    operator: BaseBulkSendMessageOperator[Any],
+    operator: CampaignStepOperator,
     context: Context,
     store: ReceiptStore,
     campaign_id: str,
@@ -217,7 +215,7 @@ def _new_recipients(
 
 
 def _input_rows(
-    operator: BaseBulkSendMessageOperator[Any], store: ReceiptStore, campaign_id: str, source_step: str
+    operator: CampaignStepOperator, store: ReceiptStore, campaign_id: str, source_step: str
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     from airflow_provider_readreceipts.operators._recipients import rows_from_file, rows_from_values
 
@@ -235,7 +233,7 @@ def _input_rows(
 
 
 def _group_rows(
-    operator: BaseBulkSendMessageOperator[Any], store: ReceiptStore, campaign_id: str, source_step: str
+    operator: CampaignStepOperator, store: ReceiptStore, campaign_id: str, source_step: str
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     from airflow_provider_readreceipts.store.campaigns import labelled_recipients, recipients_page
 
@@ -265,16 +263,14 @@ def _group_rows(
         after = page[-1].seq
 
 
-def _create(
-    conn: Any, operator: BaseBulkSendMessageOperator[Any], *, rows: list[NewRecipient], **names: Any
-) -> StepInfo:
+def _create(conn: Any, operator: CampaignStepOperator, *, rows: list[NewRecipient], **names: Any) -> StepInfo:
     from airflow_provider_readreceipts.store.campaigns import create_step
 
     return create_step(
         conn,
-        vendor=operator.vendor,
-        conn_id=operator.conn_id,
-        channel=operator.spec.channel,
+        vendor=operator.sender,
+        conn_id=operator.sender_conn_id,
+        channel=operator.channel,
         new_recipients=rows,
         **names,
     )
@@ -287,7 +283,7 @@ def idempotency_key(campaign_id: str, step: str, recipient: str) -> str:
 
 
 def _send_all(
-    operator: BaseBulkSendMessageOperator[Any],
+    operator: CampaignStepOperator,
     store: ReceiptStore,
     step: StepInfo,
     template: Template,
@@ -338,7 +334,7 @@ def _send_all(
 
 
 def _send_row(
-    operator: BaseBulkSendMessageOperator[Any],
+    operator: CampaignStepOperator,
     step: StepInfo,
     row: RecipientRow,
     template: Template,
@@ -380,7 +376,7 @@ def _send_row(
             SEND_UNKNOWN,
             now(),
             chat=sent.chat,
-            error=f"{operator.vendor_name} accepted the message but named no message id;"
+            error=f"{operator.sender_name} accepted the message but named no message id;"
             " it is not sent again",
         )
     chat = sent.chat or row.chat
@@ -390,19 +386,21 @@ def _send_row(
         now(),
         message_id=str(sent.message_id),
         chat=chat,
-        chat_key=normalize_identity(chat) if operator.vendor == "chert" else row.recipient,
+        # The conversation's identity, which replies are matched by: the vendor's chat id where it
+        # has one of its own (Chert), else the recipient.
+        chat_key=row.recipient if not sent.chat or sent.chat == row.chat else normalize_identity(chat),
         line=sent.line,
     )
 
 
-def _check_outcome(operator: BaseBulkSendMessageOperator[Any], ref: CampaignStepRef, deferred: int) -> None:
+def _check_outcome(operator: CampaignStepOperator, ref: CampaignStepRef, deferred: int) -> None:
     from airflow.sdk.exceptions import AirflowException
 
     counts = ref["counts"]
     if deferred:
         raise AirflowException(
             f"{deferred} row(s) of campaign {ref['campaign_id']!r}, step {ref['step']!r} could not be"
-            f" sent now ({operator.vendor_name} rate-limited or unavailable after retries); nothing was"
+            f" sent now ({operator.sender_name} rate-limited or unavailable after retries); nothing was"
             " sent to them."
             " The task fails so that a retry sends them (and only them)."
         )

@@ -432,8 +432,9 @@ def record_sends(conn: Connection, campaign_id: str, step: str, results: Sequenc
             for result in results
         ],
     )
+    # Calls are no conversation a reply could answer.
     sent = [result for result in results if result.state == SENT and result.message_id]
-    if sent:
+    if sent and info.kind != CALL_STEP:
         dialect_insert = pg.insert if conn.dialect.name == "postgresql" else sqlite.insert
         conn.execute(
             dialect_insert(outbound_table).on_conflict_do_nothing(),
