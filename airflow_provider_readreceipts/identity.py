@@ -35,6 +35,7 @@ def normalize_identity(value: str) -> str:
     - Other JIDs (``...@lid``, ``...@g.us``, ``...@newsletter``) stay JIDs, in lower case: a hidden
       number is not a phone number, and the vendor's mapping is needed to tell whose it is.
     - An e-mail address used as an iMessage handle is lower-cased.
+    - Other numbers lose their punctuation (``+1 415`` is ``+1415``).
     - Anything else (a Chert chat id) is only stripped: opaque ids may be case-sensitive.
 
     :param value: the identity as written; ``""`` stays ``""``.
@@ -49,10 +50,9 @@ def normalize_identity(value: str) -> str:
     if "@" in lowered:
         return lowered
     compact = _PHONE_PUNCTUATION.sub("", text)
-    if _PHONE_LIKE.fullmatch(compact):
-        number = _e164(compact.lstrip("+"))
-        if number is not None:
-            return number
+    if _PHONE_LIKE.fullmatch(compact) or (compact.startswith("+") and compact[1:].isdigit()):
+        # A number phonenumbers does not know is still compared without its punctuation.
+        return _e164(compact.lstrip("+")) or compact
     return text
 
 

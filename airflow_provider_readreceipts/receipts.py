@@ -119,8 +119,11 @@ class MessageRef(TypedDict):
     vendor: str
     conn_id: str
     message_id: str
-    #: The conversation: a Chert chat id, a RyzeAPI JID or number, a phone number.
+    #: The conversation as the vendor names it: a Chert chat id, a RyzeAPI JID or digits, a number.
     chat: str
+    #: Who it went to, the same way for every vendor: E.164 for a phone number, the group's id for
+    #: a group (what a phone call or a fallback on another channel needs).
+    recipient: str
     #: ISO 8601, UTC; the read deadline counts from here.
     sent_at: str
 

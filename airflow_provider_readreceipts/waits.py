@@ -23,11 +23,15 @@ from typing import Any, TypedDict
 from airflow_provider_readreceipts.receipts import InvalidInputError, ReadReceiptsError, Status
 from airflow_provider_readreceipts.vendors import SPECS
 
-#: The three outcomes a wait can end with; each is a normal, green end of the sensor task.
+#: The outcomes a wait can end with; each is a normal, green end of the sensor task.
 OUTCOME_READ = "read"
+OUTCOME_REPLIED = "replied"
 OUTCOME_UNREAD = "unread"
 OUTCOME_FAILED = "failed"
-OUTCOMES = (OUTCOME_READ, OUTCOME_UNREAD, OUTCOME_FAILED)
+OUTCOMES = (OUTCOME_READ, OUTCOME_REPLIED, OUTCOME_UNREAD, OUTCOME_FAILED)
+#: What ends a wait: a READ (or a reply, which proves the message was read), or only a reply.
+UNTIL_READ, UNTIL_REPLY = "read", "reply"
+UNTIL = (UNTIL_READ, UNTIL_REPLY)
 #: Not an outcome: a fault of our own (store, configuration); the sensor fails the task on it.
 OUTCOME_ERROR = "error"
 
@@ -50,11 +54,15 @@ class WaitResult(TypedDict):
     """
     What a wait ends with: the read sensor's XCom value, and its trigger's event.
 
-    ``outcome`` is ``"read"``, ``"unread"`` (the deadline passed first) or ``"failed"`` (the
-    vendor reported FAILED; its reason in ``failure_reason``).
+    ``outcome`` is ``"read"``, ``"replied"`` (an answer came: it proves the message was read),
+    ``"unread"`` (the deadline passed first) or ``"failed"`` (the vendor reported FAILED; its
+    reason in ``failure_reason``). With ``until="reply"``, ``"read"`` means read but not answered
+    by the deadline.
     """
 
     outcome: str
+    #: What ended the wait: ``"read"`` (a READ or a reply) or ``"reply"`` (only a reply).
+    until: str
     #: The message's normalised status when the wait ended, and the vendor's own word for it.
     status: str | None
     raw_status: str | None
@@ -68,12 +76,24 @@ class WaitResult(TypedDict):
     vendor: str
     conn_id: str
     message_id: str
+    #: The vendor's own name of the conversation (a Chert chat id, RyzeAPI's digits, a number).
     chat: str
+    #: Who it was sent to, the same way for every vendor: E.164 for a phone number, the group's id
+    #: for a group. What a fallback on another channel, or a phone call, needs.
+    recipient: str
     sent_at: str | None
     deadline: str
     checked_at: str
     failure_code: str | None
     failure_reason: str | None
+    #: The reply (``"replied"`` only): when, its text, the label ``reply_choices`` gave it, its
+    #: message id and sender, and how long after the send it came.
+    replied_at: str | None
+    reply_text: str | None
+    reply_label: str | None
+    reply_message_id: str | None
+    reply_sender: str | None
+    time_to_reply_seconds: float | None
     note: str | None
 
 
@@ -135,8 +155,14 @@ def seconds(value: timedelta | float | int | None, *, field: str, allow_none: bo
 
 
 def normalise_participant(name: Any) -> str:
-    """Participants are compared without spaces and case: vendors differ in how they write numbers."""
-    return "".join(str(name).split()).lower()
+    """
+    A participant by identity (:func:`~airflow_provider_readreceipts.identity.normalize_identity`):
+    ``+5511988887777`` and ``5511988887777@s.whatsapp.net`` are one reader. Imports
+    ``phonenumbers``: call it when a task runs, not at DAG parse time.
+    """
+    from airflow_provider_readreceipts.identity import normalize_identity
+
+    return normalize_identity(str(name))
 
 
 @dataclass(frozen=True)
@@ -154,13 +180,17 @@ class WaitPolicy:
     names: tuple[str, ...] = ()
 
     @classmethod
-    def parse(cls, wait_for: Any, participants: Sequence[str] | None = None) -> WaitPolicy:
+    def parse(
+        cls, wait_for: Any, participants: Sequence[str] | None = None, *, identities: bool = True
+    ) -> WaitPolicy:
         """
         Read ``wait_for`` as the sensor accepts it.
 
         :param wait_for: ``"any"``, ``"all"``, an int N (at least N readers), or a list of named
             participants who must all read.
         :param participants: everyone in the chat; ``"all"`` needs it (the store only knows who read).
+        :param identities: compare names by identity (a task running); ``False`` only checks the
+            shape, at DAG parse time, without importing ``phonenumbers``.
         """
         if isinstance(wait_for, str) and wait_for.strip().lower() == "any":
             return cls("any")
@@ -171,7 +201,7 @@ class WaitPolicy:
                     '"all" needs the chat\'s participants: pass participants=[...] (the store only '
                     "knows who has read, not who is in the chat)",
                 )
-            return cls("all", names=_names(participants, field="participants"))
+            return cls("all", names=_names(participants, field="participants", identities=identities))
         if isinstance(wait_for, str) and wait_for.strip().isdigit():
             wait_for = int(wait_for.strip())
         if isinstance(wait_for, int) and not isinstance(wait_for, bool):
@@ -179,7 +209,7 @@ class WaitPolicy:
                 raise InvalidInputError("wait_for", f"a number of readers must be at least 1, got {wait_for}")
             return cls("count", count=wait_for)
         if isinstance(wait_for, (list, tuple)):
-            return cls("named", names=_names(wait_for, field="wait_for"))
+            return cls("named", names=_names(wait_for, field="wait_for", identities=identities))
         raise InvalidInputError(
             "wait_for",
             f'expected "any", "all", a number of readers or a list of participants; got {wait_for!r}',
@@ -204,8 +234,9 @@ class WaitPolicy:
         return set(self.names) <= seen
 
 
-def _names(values: Sequence[Any], *, field: str) -> tuple[str, ...]:
-    names = tuple(sorted({normalise_participant(v) for v in values if str(v).strip()}))
+def _names(values: Sequence[Any], *, field: str, identities: bool) -> tuple[str, ...]:
+    written = [str(v).strip() for v in values if str(v).strip()]
+    names = tuple(sorted({normalise_participant(v) for v in written} if identities else set(written)))
     if not names:
         raise InvalidInputError(field, "the list of participants is empty")
     return names
@@ -220,16 +251,36 @@ def attribute(status: Any, name: str, default: Any = None) -> Any:
     return getattr(status, name, default)
 
 
-def verdict(status: Any, policy: WaitPolicy) -> str | None:
-    """``"read"`` or ``"failed"`` when the store's status of a message ends the wait, else ``None``."""
+def read_by_policy(status: Any, policy: WaitPolicy) -> bool:
+    """Whether the store's status of a message says it was read, as the group policy counts readers."""
+    if status is None or str(attribute(status, "status", "")) != Status.READ.value:
+        return False
+    return policy.satisfied(list(attribute(status, "readers", None) or []))
+
+
+def verdict(status: Any, policy: WaitPolicy, until: str = UNTIL_READ) -> str | None:
+    """
+    ``"read"`` or ``"failed"`` when the store's status of a message ends the wait, else ``None``.
+
+    With ``until="reply"`` a READ does not end the wait (only a reply, a failure or the deadline).
+    """
     if status is None:
         return None
-    current = str(attribute(status, "status", ""))
-    if current == Status.FAILED.value:
+    if str(attribute(status, "status", "")) == Status.FAILED.value:
         return OUTCOME_FAILED
-    if current == Status.READ.value and policy.satisfied(list(attribute(status, "readers", None) or [])):
+    if until == UNTIL_READ and read_by_policy(status, policy):
         return OUTCOME_READ
     return None
+
+
+def deadline_outcome(status: Any, policy: WaitPolicy, until: str) -> str:
+    """
+    What a wait that reached its deadline ends with: ``"unread"``, or, waiting for a reply, ``"read"``
+    when the message was read but not answered.
+    """
+    if until == UNTIL_REPLY and read_by_policy(status, policy):
+        return OUTCOME_READ
+    return OUTCOME_UNREAD
 
 
 def _iso(value: Any) -> str | None:
@@ -251,17 +302,28 @@ def result(
     sent_at: str | None,
     deadline: datetime,
     checked_at: datetime,
+    recipient: str = "",
+    until: str = UNTIL_READ,
+    reply: Mapping[str, Any] | None = None,
     note: str | None = None,
 ) -> WaitResult:
     """
     The sensor's XCom value: everything a downstream branch needs, JSON-serialisable.
 
-    ``outcome`` is ``"read"``, ``"unread"`` (deadline passed) or ``"failed"`` (the vendor's reason in
-    ``failure_reason``).
+    ``outcome`` is ``"read"``, ``"replied"``, ``"unread"`` (deadline passed) or ``"failed"`` (the
+    vendor's reason in ``failure_reason``).
+
+    :param reply: the reply's fields (``replied_at``, ``reply_text``, ...) when it ``"replied"``.
     """
+    reply_fields = dict(reply or {})
     read_at = attribute(status, "read_at")
+    if outcome == OUTCOME_REPLIED and reply_fields.get("replied_at"):
+        # A reply proves the message was read: read_at is the earlier of the READ and the reply.
+        replied_at = as_utc(reply_fields["replied_at"], field="replied_at")
+        if read_at is None or as_utc(read_at, field="read_at") > replied_at:
+            read_at = replied_at
     time_to_read: float | None = None
-    if outcome == OUTCOME_READ and read_at is not None and sent_at:
+    if outcome in (OUTCOME_READ, OUTCOME_REPLIED) and read_at is not None and sent_at:
         read_dt = as_utc(read_at, field="read_at") if isinstance(read_at, (str, datetime)) else None
         if read_dt is not None:
             time_to_read = max((read_dt - as_utc(sent_at, field="sent_at")).total_seconds(), 0.0)
@@ -269,6 +331,7 @@ def result(
     failed = outcome == OUTCOME_FAILED
     return {
         "outcome": outcome,
+        "until": until,
         "status": None if raw_status is None else str(raw_status),
         "raw_status": attribute(status, "raw_status"),
         "read_at": _iso(read_at),
@@ -279,10 +342,17 @@ def result(
         "conn_id": conn_id,
         "message_id": message_id,
         "chat": chat,
+        "recipient": recipient,
         "sent_at": sent_at,
         "deadline": deadline.isoformat(),
         "checked_at": checked_at.isoformat(),
         "failure_code": (attribute(status, "failed_code") or None) if failed else None,
         "failure_reason": (attribute(status, "failed_reason") or None) if failed else None,
+        "replied_at": reply_fields.get("replied_at"),
+        "reply_text": reply_fields.get("reply_text"),
+        "reply_label": reply_fields.get("reply_label"),
+        "reply_message_id": reply_fields.get("reply_message_id"),
+        "reply_sender": reply_fields.get("reply_sender"),
+        "time_to_reply_seconds": reply_fields.get("time_to_reply_seconds"),
         "note": note,
     }

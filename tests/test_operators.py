@@ -208,7 +208,8 @@ def test_sendblue_send_returns_a_message_ref_and_fills_the_status_callback(conns
         "content": "Hi",
         "status_callback": SB_RECEIVER,
     }
-    assert set(ref) == {"vendor", "conn_id", "message_id", "chat", "sent_at"}
+    assert set(ref) == {"vendor", "conn_id", "message_id", "chat", "recipient", "sent_at"}
+    assert ref["recipient"] == CONTACT
     assert ref["message_id"] in vendors.fakes["sendblue"].messages
     assert (ref["vendor"], ref["conn_id"], ref["chat"]) == ("sendblue", "sb", CONTACT)
     assert ref["sent_at"].endswith("+00:00")

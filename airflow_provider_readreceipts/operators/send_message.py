@@ -169,7 +169,7 @@ class _SendMessageOperator(VendorOperator[HookT]):
             f"{ti.task_id}/state-store/{SEND_STATE_KEY}?map_index={map_index}) and clear the task."
         )
 
-    def _ref(self, message_id: Any, chat: str, response: Any, id_field: str) -> MessageRef:
+    def _ref(self, message_id: Any, chat: str, response: Any, id_field: str, *, recipient: str) -> MessageRef:
         if not isinstance(message_id, str) or not message_id:
             from airflow.sdk.exceptions import AirflowFailException
 
@@ -179,7 +179,12 @@ class _SendMessageOperator(VendorOperator[HookT]):
                 f"is nothing to wait on; it is not sent again. Response fields: {sorted(response or {})}"
             )
         return MessageRef(
-            vendor=self.vendor, conn_id=self.conn_id, message_id=message_id, chat=chat, sent_at=_now()
+            vendor=self.vendor,
+            conn_id=self.conn_id,
+            message_id=message_id,
+            chat=chat,
+            recipient=recipient,
+            sent_at=_now(),
         )
 
 
@@ -245,7 +250,9 @@ class SendblueSendMessageOperator(_SendMessageOperator["SendblueHook"]):
                 status_callback=callback or None,
                 media_url=self.media_url or None,
             )
-            return self._ref((response or {}).get("message_handle"), number, response, "message_handle")
+            return self._ref(
+                (response or {}).get("message_handle"), number, response, "message_handle", recipient=number
+            )
 
         return send
 
@@ -300,7 +307,9 @@ class ChertSendMessageOperator(_SendMessageOperator["ChertHook"]):
         def send() -> MessageRef:
             response = hook.send_message(phone=phone, body=body, idempotency_key=key)
             chat = str((response or {}).get("lead_id") or "")
-            return self._ref((response or {}).get("message_id"), chat, response, "message_id")
+            return self._ref(
+                (response or {}).get("message_id"), chat, response, "message_id", recipient=phone
+            )
 
         return send
 
@@ -331,6 +340,7 @@ class RyzeSendMessageOperator(_SendMessageOperator["RyzeHook"]):
     def prepare(self, context: Context) -> Callable[[], MessageRef]:
         from airflow_provider_readreceipts.hooks.base import require_text
         from airflow_provider_readreceipts.hooks.ryze import normalize_recipient, sent_message_id
+        from airflow_provider_readreceipts.identity import normalize_identity
 
         chat = normalize_recipient(self.number, field="number")
         text = require_text(self.message, field="message")
@@ -338,7 +348,9 @@ class RyzeSendMessageOperator(_SendMessageOperator["RyzeHook"]):
 
         def send() -> MessageRef:
             response = hook.send_message(number=chat, message=text)
-            return self._ref(sent_message_id(response), chat, response, "messageId")
+            return self._ref(
+                sent_message_id(response), chat, response, "messageId", recipient=normalize_identity(chat)
+            )
 
         return send
 
@@ -394,6 +406,8 @@ class Direct7SendMessageOperator(_SendMessageOperator["Direct7Hook"]):
             response = hook.send_message(
                 number=number, body=body, originator=originator, report_url=report_url or None
             )
-            return self._ref((response or {}).get("request_id"), number, response, "request_id")
+            return self._ref(
+                (response or {}).get("request_id"), number, response, "request_id", recipient=number
+            )
 
         return send

@@ -19,15 +19,20 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_readreceipts.receipts import InvalidInputError, ReadReceiptsError
+from airflow_provider_readreceipts.replies import compile_choices
 from airflow_provider_readreceipts.waits import (
     FAULT_CONFIGURATION,
     FAULT_NO_SOURCE,
+    OUTCOME_REPLIED,
     OUTCOME_UNREAD,
     OUTCOMES,
+    UNTIL,
+    UNTIL_READ,
     ReadReceiptWaitError,
     WaitPolicy,
     WaitResult,
     as_utc,
+    deadline_outcome,
     reads_by_polling_only,
     result,
     seconds,
@@ -59,6 +64,14 @@ class _Target:
     policy: WaitPolicy
     store_conn_id: str | None
     store_path: str | None
+    #: Who it went to, by identity, and the conversation replies are matched by.
+    recipient: str = ""
+    chat_key: str = ""
+
+    @property
+    def reply_from(self) -> list[str]:
+        """The participants whose reply counts: the policy's names, or anyone (empty)."""
+        return list(self.policy.names) if self.policy.kind in ("named", "all") else []
 
 
 class ReadReceiptSensor(BaseSensorOperator):
@@ -167,6 +180,9 @@ class ReadReceiptSensor(BaseSensorOperator):
         store_conn_id: str | None = None,
         store_path: str | None = None,
         store_error_grace: timedelta | float = 60.0,
+        until: str = UNTIL_READ,
+        reply_choices: Mapping[str, str] | None = None,
+        mark_reply_read: bool = False,
         deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
@@ -189,6 +205,14 @@ class ReadReceiptSensor(BaseSensorOperator):
             raise ValueError("ReadReceiptSensor needs message=<MessageRef> or both conn_id and message_id")
         if (deadline is None) == (read_within is None):
             raise ValueError("ReadReceiptSensor needs exactly one of deadline= and read_within=")
+        if until not in UNTIL:
+            raise ValueError(f"until must be one of {', '.join(UNTIL)}, not {until!r}")
+        # Compiled now: an invalid expression fails the DAG's parse (or the task's start, when
+        # rendered), naming its label, never in the triggerer.
+        compile_choices(reply_choices)
+        self.until = until
+        self.reply_choices = dict(reply_choices or {})
+        self.mark_reply_read = mark_reply_read
         self.message = message
         self.conn_id = conn_id
         self.message_id = message_id
@@ -213,7 +237,7 @@ class ReadReceiptSensor(BaseSensorOperator):
         # Checked now when written literally, so a DAG with a typo fails at parse time.
         if not _templated(wait_for):
             literal_participants = _literal(participants) if not _templated(participants) else ["?"]
-            WaitPolicy.parse(_literal(wait_for), literal_participants)
+            WaitPolicy.parse(_literal(wait_for), literal_participants, identities=False)
         if isinstance(vendor, str) and reads_by_polling_only(vendor) and reconcile is None:
             raise ValueError(_reconcile_required(vendor))
         self._target: _Target | None = None
@@ -230,13 +254,15 @@ class ReadReceiptSensor(BaseSensorOperator):
         self._target = target
         now = datetime.now(timezone.utc)
         self.log.info(
-            "waiting for %s/%s (%s) to be read by %s; deadline %s",
+            "waiting for %s/%s (%s) to be read by %s readers (until %s); deadline %s",
             target.conn_id,
             target.message_id,
             target.vendor,
-            target.deadline.isoformat(),
             target.policy.kind,
+            self.until,
+            target.deadline.isoformat(),
         )
+        self._register(target)
         if self.deferrable:
             self._defer(target, now)
         # Poke and reschedule modes: the deadline, not Airflow's timeout, ends the wait as "unread";
@@ -270,6 +296,11 @@ class ReadReceiptSensor(BaseSensorOperator):
             store_conn_id=target.store_conn_id,
             store_path=target.store_path,
             store_error_grace=self.store_error_grace or 60.0,
+            until=self.until,
+            recipient=target.recipient,
+            chat_key=target.chat_key,
+            reply_choices=self.reply_choices,
+            reply_from=target.reply_from,
         )
         # The trigger reports "unread" itself at the deadline. Airflow's timeout (restarted by every
         # defer, hence computed from the absolute deadline) only catches a trigger that never
@@ -285,7 +316,41 @@ class ReadReceiptSensor(BaseSensorOperator):
             self._raise_fault(kind, str(message))
         return self._finish(cast("WaitResult", event))
 
+    def _register(self, target: _Target) -> None:
+        """
+        Record the message by its conversation, so that a reply is matched to it (or to a later
+        message sent to the same chat). Best effort: without it, replies are matched to the other
+        messages the store knows.
+        """
+        from airflow_provider_readreceipts.store.replies import register_outbound
+
+        if not target.chat_key:
+            return
+        try:
+            store = self._sync_store(target)
+            store.write(
+                lambda conn: register_outbound(
+                    conn,
+                    conn_id=target.conn_id,
+                    message_id=target.message_id,
+                    vendor=target.vendor,
+                    chat_key=target.chat_key,
+                    recipient=target.recipient,
+                    sent_at=as_utc(target.sent_at or datetime.now(timezone.utc), field="sent_at"),
+                )
+            )
+        except Exception as exc:
+            self.log.warning(
+                "could not record %s/%s for reply matching: %s", target.conn_id, target.message_id, exc
+            )
+        finally:
+            if self.deferrable and self._store is not None:
+                self._store.close()
+                self._store = None
+
     def _finish(self, outcome: WaitResult) -> WaitResult:
+        if outcome["outcome"] == OUTCOME_REPLIED and self.mark_reply_read:
+            self._mark_reply_read(outcome)
         self.log.info(
             "%s/%s: %s (status %s, readers %s, learned via %s)%s",
             outcome["conn_id"],
@@ -296,7 +361,34 @@ class ReadReceiptSensor(BaseSensorOperator):
             outcome["learned_via"],
             f"; {outcome['failure_reason']}" if outcome.get("failure_reason") else "",
         )
+        if outcome["outcome"] == OUTCOME_REPLIED:
+            self.log.info(
+                "reply from %s after %.1fs: %r (label %s)",
+                outcome["reply_sender"],
+                outcome["time_to_reply_seconds"] or 0.0,
+                (outcome["reply_text"] or "")[:200],
+                outcome["reply_label"],
+            )
         return outcome
+
+    def _mark_reply_read(self, outcome: WaitResult) -> None:
+        """Mark the reply read at the vendor; a receipt that does not go out is logged, not fatal."""
+        from airflow_provider_readreceipts.operators._reply_receipts import mark_reply_read
+        from airflow_provider_readreceipts.receipts import VendorAPIError
+        from airflow_provider_readreceipts.vendors import hook_for
+
+        try:
+            hook = hook_for(outcome["conn_id"], outcome["vendor"], max_attempts=3, timeout=30.0)
+            mark_reply_read(
+                hook,
+                chat=outcome["chat"],
+                reply_message_id=outcome["reply_message_id"] or "",
+                sender=outcome["reply_sender"] or outcome["recipient"],
+                is_group=len(outcome["readers"]) > 1 or "@g.us" in outcome["chat"],
+            )
+            self.log.info("marked the reply %s read", outcome["reply_message_id"])
+        except (VendorAPIError, InvalidInputError) as exc:
+            self.log.warning("the reply could not be marked read: %s", exc)
 
     def _raise_fault(self, kind: str, message: str) -> NoReturn:
         fault = ReadReceiptWaitError(kind, f"{kind}: {message}")
@@ -322,7 +414,8 @@ class ReadReceiptSensor(BaseSensorOperator):
         # "unread" below means unread at the deadline.
         checked_at = datetime.now(timezone.utc)
         status = self._read_status(store, target)
-        outcome = verdict(status, target.policy)
+        reply = self._find_reply(store, target)
+        outcome = OUTCOME_REPLIED if reply is not None else verdict(status, target.policy, self.until)
         if outcome is None and checked_at >= target.deadline:
             if not self._has_receiver and not self._reconcile_ok:
                 self._raise_fault(
@@ -330,7 +423,7 @@ class ReadReceiptSensor(BaseSensorOperator):
                     "no receiver has ever written to the receipt store and the vendor's status API never"
                     f" answered (last error: {self._reconcile_error}): the status is unknown, not unread",
                 )
-            outcome = OUTCOME_UNREAD
+            outcome = deadline_outcome(status, target.policy, self.until)
         if outcome is None:
             left = (target.deadline - checked_at).total_seconds()
             self.poke_interval = max(min(self.poke_interval, left), 0.5)
@@ -351,10 +444,39 @@ class ReadReceiptSensor(BaseSensorOperator):
                     sent_at=target.sent_at,
                     deadline=target.deadline,
                     checked_at=checked_at,
+                    recipient=target.recipient,
+                    until=self.until,
+                    reply=_reply_fields(reply, target.sent_at),
                     note=note,
                 )
             ),
         )
+
+    def _find_reply(self, store: ReceiptStore, target: _Target) -> Any:
+        """The reply that answers the message, if one came before the deadline (poke modes)."""
+        from airflow_provider_readreceipts.replies import compile_choices
+        from airflow_provider_readreceipts.triggers._replies import find_reply_now
+
+        if not target.chat_key or not target.sent_at:
+            return None
+        sent_at = as_utc(target.sent_at, field="sent_at")
+        try:
+            return store.read(
+                lambda conn: find_reply_now(
+                    conn,
+                    conn_id=target.conn_id,
+                    message_id=target.message_id,
+                    chat_key=target.chat_key,
+                    sent_at=sent_at,
+                    deadline=target.deadline,
+                    senders=frozenset(target.reply_from),
+                    choices=compile_choices(self.reply_choices),
+                )
+            )
+        except Exception as exc:
+            raise ReadReceiptWaitError(
+                "store_unreachable", f"the receipt store {store.url_for_display} could not be read: {exc}"
+            ) from exc
 
     def _sync_store(self, target: _Target) -> ReceiptStore:
         if self._store is None:
@@ -474,6 +596,11 @@ class ReadReceiptSensor(BaseSensorOperator):
             raise InvalidInputError("reconcile_interval", _reconcile_required(vendor))
         policy = WaitPolicy.parse(_literal(self.wait_for), _literal(self.participants))
         store_conn_id, store_path = self._resolve_store()
+        from airflow_provider_readreceipts.identity import normalize_identity
+
+        # Replies are matched by the conversation: Chert's chat id, else the other party's identity.
+        chat_key = normalize_identity(str(chat)) if chat else ""
+        recipient = str(ref.get("recipient") or "") or chat_key
         return _Target(
             conn_id=str(conn_id),
             message_id=str(message_id),
@@ -484,6 +611,8 @@ class ReadReceiptSensor(BaseSensorOperator):
             policy=policy,
             store_conn_id=store_conn_id,
             store_path=store_path,
+            recipient=recipient,
+            chat_key=chat_key,
         )
 
     def _vendor_of(self, conn_id: str) -> str:
@@ -510,6 +639,14 @@ class ReadReceiptSensor(BaseSensorOperator):
         if url.get_backend_name() == "sqlite" and self.store_conn_id is None:
             return None, str(url.database)
         return self.store_conn_id or DEFAULT_STORE_CONN_ID, None
+
+
+def _reply_fields(reply: Any, sent_at: str | None) -> dict[str, Any] | None:
+    if reply is None:
+        return None
+    from airflow_provider_readreceipts.triggers._replies import result_fields
+
+    return result_fields(reply, sent_at)
 
 
 def _templated(value: Any) -> bool:

@@ -37,12 +37,12 @@ from airflow_provider_readreceipts.store.campaigns import (
     recipients,
     steps,
 )
+from airflow_provider_readreceipts.store.replies import answered_message, latest_sends
 from airflow_provider_readreceipts.store.schema import (
     UTCDateTime,
     as_utc,
     events_table,
     messages_table,
-    outbound_table,
     utcnow,
 )
 
@@ -53,7 +53,6 @@ _EVENT_PAGE = 5_000
 
 events = events_table.c
 messages = messages_table.c
-outbound = outbound_table.c
 
 
 @dataclass(frozen=True)
@@ -307,14 +306,14 @@ def _replies(
     candidates = conn.execute(query).all()
     if not candidates:
         return []
-    latest = _latest_sends(conn, plan.conn_id, {row.chat_key for row in candidates})
+    latest = latest_sends(conn, plan.conn_id, {row.chat_key for row in candidates})
     found: list[tuple[str, InboundMessage, Classified, bool, bool]] = []
     seen: set[str] = set()
     for row in candidates:
         if row.recipient in seen:
             continue  # the first reply answers; later ones are the conversation going on
         at = as_utc(row.happened_at)
-        answered = _answered_message(latest.get(row.chat_key, []), at)
+        answered = answered_message(latest.get(row.chat_key, []), at)
         if answered != row.sent_message_id:
             continue
         seen.add(row.recipient)
@@ -330,26 +329,6 @@ def _replies(
         late = at > plan.deadline_of(row.sent_at)
         found.append((row.recipient, message, classify(message), row.outcome is None and not late, late))
     return found
-
-
-def _latest_sends(
-    conn: Connection, conn_id: str, chat_keys: set[str]
-) -> dict[str, list[tuple[datetime, str]]]:
-    rows = conn.execute(
-        sa.select(outbound.chat_key, outbound.sent_at, outbound.message_id).where(
-            outbound.conn_id == conn_id, outbound.chat_key.in_(sorted(chat_keys))
-        )
-    ).all()
-    sends: dict[str, list[tuple[datetime, str]]] = {}
-    for chat_key, sent_at, message_id in rows:
-        sends.setdefault(chat_key, []).append((as_utc(sent_at), message_id))
-    return sends
-
-
-def _answered_message(sends: list[tuple[datetime, str]], at: datetime) -> str | None:
-    """The message a reply at ``at`` answers: the latest sent at or before it."""
-    before = [send for send in sends if send[0] <= at]
-    return max(before)[1] if before else None
 
 
 def _apply_replies(

@@ -52,7 +52,11 @@ def _select_statuses(dialect_name: str, keys: Sequence[tuple[str, str]]) -> sa.S
     return (
         sa.select(
             messages_table,
-            readers.c.participant.label("reader"),
+            # The reader by identity (identity.normalize_identity), so that a group policy naming
+            # "+5511988887777" counts a reader the vendor wrote as "5511988887777@s.whatsapp.net".
+            sa.func.coalesce(sa.func.nullif(readers.c.participant_id, ""), readers.c.participant).label(
+                "reader"
+            ),
             sa.func.coalesce(readers.c.occurred_at, readers.c.received_at).label("reader_read_at"),
         )
         .select_from(wanted)
@@ -101,7 +105,9 @@ def _statuses_from_rows(rows: Iterable[Any]) -> dict[tuple[str, str], MessageSta
                 source=row.source,
             )
         if row.reader:
-            status.reader_read_at[row.reader] = row.reader_read_at
+            earlier = status.reader_read_at.get(row.reader)
+            if earlier is None or row.reader_read_at < earlier:
+                status.reader_read_at[row.reader] = row.reader_read_at
     for status in found.values():
         status.readers.extend(
             sorted(status.reader_read_at, key=lambda name: (status.reader_read_at[name], name))
@@ -129,6 +135,8 @@ def stored_event(row: Any) -> StoredEvent:
         status=_status_of(row.status),
         raw_status=row.raw_status,
         participant=row.participant,
+        participant_id=row.participant_id,
+        chat_key=row.chat_key,
         chat_id=row.chat_id,
         occurred_at=row.occurred_at,
         received_at=row.received_at,

@@ -72,6 +72,9 @@ class StoredEvent:
     :param received_at: when the store committed it (UTC).
     :param source: ``"webhook"`` or ``"reconcile"``.
     :param payload: the vendor's raw payload.
+    :param participant_id: the participant by identity
+        (:func:`~airflow_provider_readreceipts.identity.normalize_identity`).
+    :param chat_key: the conversation by identity: what replies are matched by.
 
     The other fields are those of :class:`~airflow_provider_readreceipts.receipts.ReceiptEvent`.
     """
@@ -91,6 +94,9 @@ class StoredEvent:
     error_message: str
     source: str
     payload: dict[str, Any]
+    #: The participant and the conversation by identity (schema version 2).
+    participant_id: str = ""
+    chat_key: str = ""
 
     def to_receipt_event(self) -> ReceiptEvent:
         """The event as the vendor adapters produce it."""

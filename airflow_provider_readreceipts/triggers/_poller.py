@@ -43,14 +43,17 @@ from airflow_provider_readreceipts.triggers._reconcile import (
     ReconcileKey,
     default_reconcile_rate,
 )
+from airflow_provider_readreceipts.triggers._replies import Reply, ReplyInterest, ReplyRequest, ReplyWatch
 from airflow_provider_readreceipts.waits import (
     FAULT_INTERNAL,
     FAULT_NO_SOURCE,
     FAULT_STORE,
-    OUTCOME_UNREAD,
+    OUTCOME_REPLIED,
+    UNTIL_READ,
     ReadReceiptWaitError,
     WaitPolicy,
     attribute,
+    deadline_outcome,
     reads_by_polling_only,
     verdict,
 )
@@ -85,6 +88,7 @@ class WaitEnd:
     status: Any
     checked_at: datetime
     note: str | None = None
+    reply: Reply | None = None
 
 
 @dataclass(eq=False)
@@ -105,6 +109,8 @@ class Wait:
     has_receiver: bool
     store_error_grace: float
     future: asyncio.Future[WaitEnd]
+    until: str = UNTIL_READ
+    interest: ReplyInterest | None = None
     fingerprint: tuple[Any, ...] | None = None
     status: Any = None
 
@@ -139,6 +145,9 @@ class StorePoller:
         self.queries = 0
         self.failed_queries = 0
         self.reconcile_calls = 0
+        #: Queries for replies (one per poll while any wait takes replies).
+        self.reply_queries = 0
+        self._replies = ReplyWatch()
         self._store_factory = store_factory
         self._store: AsyncReceiptStore | None = None
         self._waits: dict[Key, set[Wait]] = {}
@@ -237,8 +246,15 @@ class StorePoller:
         reconcile_rate_per_minute: float | None,
         has_receiver: bool,
         store_error_grace: float,
+        until: str = UNTIL_READ,
+        replies: ReplyRequest | None = None,
     ) -> Wait:
-        """Start waiting for ``key``; the returned wait's future resolves with a :class:`WaitEnd`."""
+        """
+        Start waiting for ``key``; the returned wait's future resolves with a :class:`WaitEnd`.
+
+        :param until: ``"read"`` (a READ or a reply ends it) or ``"reply"`` (only a reply does).
+        :param replies: what counts as a reply to this message; ``None`` waits for reads only.
+        """
         if self.closed:
             raise RuntimeError("this poller is closed")
         loop = asyncio.get_running_loop()
@@ -253,7 +269,20 @@ class StorePoller:
             has_receiver=has_receiver,
             store_error_grace=store_error_grace,
             future=loop.create_future(),
+            until=until,
         )
+        if replies is not None:
+            wait.interest = ReplyInterest(
+                conn_id=key[0],
+                message_id=key[1],
+                chat_key=replies.chat_key,
+                sent_at=replies.sent_at,
+                deadline=datetime.fromtimestamp(deadline, tz=timezone.utc),
+                senders=replies.senders,
+                choices=replies.choices,
+                on_reply=lambda reply: self._replied(wait, reply),
+            )
+            self._replies.add(wait.interest)
         self._waits.setdefault(key, set()).add(wait)
         self._unchecked.add(key)
         self._intervals[poll_interval] += 1
@@ -290,6 +319,8 @@ class StorePoller:
         if self._intervals[wait.poll_interval] <= 0:
             del self._intervals[wait.poll_interval]
         self._awaiting_final.discard(wait)
+        if wait.interest is not None:
+            self._replies.remove(wait.interest)
         state = self._reconcile.get(wait.key)
         if state is not None:
             state.waits.discard(wait)
@@ -298,6 +329,9 @@ class StorePoller:
         if not wait.future.done():
             wait.future.cancel()
         # Deadline and reconcile heap entries of ended waits are skipped lazily.
+
+    def _replied(self, wait: Wait, reply: Reply) -> None:
+        self._end(wait, WaitEnd(OUTCOME_REPLIED, wait.status, _utc(time.time()), reply=reply))
 
     def wake(self) -> None:
         """Query the store now rather than at the next interval."""
@@ -419,6 +453,9 @@ class StorePoller:
                 changed, seen_id = await self._changed_keys(seen_id)
                 keys = list(set(keys) | {key for key in changed if key in self._waits})
             statuses = await self.store.statuses(keys) if keys else {}
+            # Replies before deadlines: a reply committed before this poll started ends its wait
+            # as "replied" here, before _expire could call it unread.
+            self.reply_queries += await self._replies.poll(self.store)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -469,7 +506,7 @@ class StorePoller:
         if fingerprint == wait.fingerprint:
             return
         wait.fingerprint, wait.status = fingerprint, status
-        outcome = verdict(status, wait.policy)
+        outcome = verdict(status, wait.policy, wait.until)
         if outcome is not None:
             self._end(wait, WaitEnd(outcome, status, _utc(checked_at)))
 
@@ -490,7 +527,7 @@ class StorePoller:
                 continue
             state = self._reconcile.get(wait.key) if wait.reconcile_interval else None
             if state is None:
-                self._end(wait, WaitEnd(OUTCOME_UNREAD, wait.status, _utc(checked_at)))
+                self._end(wait, WaitEnd(self._deadline_outcome(wait), wait.status, _utc(checked_at)))
                 continue
             final_seen = state.final_done(wait.deadline) and checked_at >= (state.last_finished or 0.0)
             overdue = checked_at - wait.deadline > FINAL_RECONCILE_GRACE
@@ -516,7 +553,10 @@ class StorePoller:
                 note = "the vendor's status API was not asked after the deadline (reconcile budget exhausted)"
             elif state.last_error:
                 note = f"the vendor's status API failed after the deadline: {state.last_error}"
-            self._end(wait, WaitEnd(OUTCOME_UNREAD, wait.status, _utc(checked_at), note))
+            self._end(wait, WaitEnd(self._deadline_outcome(wait), wait.status, _utc(checked_at), note))
+
+    def _deadline_outcome(self, wait: Wait) -> str:
+        return deadline_outcome(wait.status, wait.policy, wait.until)
 
     def _end(self, wait: Wait, end: WaitEnd) -> None:
         wait.finish(end)

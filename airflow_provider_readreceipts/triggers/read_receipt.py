@@ -1,9 +1,10 @@
 """
 The deferred wait for a read receipt: :class:`ReadReceiptTrigger`.
 
-It is what the read sensor (:class:`~airflow_provider_readreceipts.sensors.read_receipt.ReadReceiptSensor`)
-defers to. Its waits share one poller per store in the triggerer (see :mod:`._poller`), so 10,000
-deferred sensors cost one store query per interval, not 10,000.
+It is what the read sensor
+(:class:`~airflow_provider_readreceipts.sensors.read_receipt.ReadReceiptSensor`) defers to. Its
+waits share one poller per store in the triggerer (see :mod:`._poller`), so 10,000 deferred
+sensors cost one store query per interval, not 10,000.
 
 :class:`~.events.ReceiptEventTrigger`, the event trigger for asset watchers, lives in
 :mod:`.events`; it is importable from here too, as it always was.
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_readreceipts.triggers._replies import result_fields
 from airflow_provider_readreceipts.triggers._store_url import cached_store_url
 from airflow_provider_readreceipts.triggers.events import ReceiptEventTrigger, event_payload
 from airflow_provider_readreceipts.waits import (
@@ -35,6 +37,7 @@ from airflow_provider_readreceipts.waits import (
 
 if TYPE_CHECKING:
     from airflow_provider_readreceipts.triggers._poller import StorePoller
+    from airflow_provider_readreceipts.triggers._replies import ReplyRequest
 
 __all__ = ["DEFAULT_STORE_ERROR_GRACE", "ReadReceiptTrigger", "ReceiptEventTrigger", "event_payload"]
 
@@ -46,12 +49,13 @@ DEFAULT_STORE_ERROR_GRACE = 60.0
 
 class ReadReceiptTrigger(BaseTrigger):
     """
-    Wait until a message is read (by the group policy), fails at the vendor, or its deadline passes.
+    Wait until a message is read (by the group policy) or answered, fails at the vendor, or its
+    deadline passes.
 
     Fires exactly one event whose payload is the sensor's result (``outcome`` ``"read"``,
-    ``"unread"`` or ``"failed"``), or ``{"outcome": "error", "kind": ..., "error": ...}`` for a fault of
-    our own, which the sensor turns into a task failure. The deadline is enforced here, not by
-    Airflow's trigger timeout (``dag.test()`` runs triggers without one).
+    ``"replied"``, ``"unread"`` or ``"failed"``), or ``{"outcome": "error", "kind": ..., "error":
+    ...}`` for a fault of our own, which the sensor turns into a task failure. The deadline is
+    enforced here, not by Airflow's trigger timeout (``dag.test()`` runs triggers without one).
 
     :param conn_id: the vendor connection of the message.
     :param message_id: the vendor's message id.
@@ -69,6 +73,12 @@ class ReadReceiptTrigger(BaseTrigger):
         when defined, else the SQLite file.
     :param store_path: the SQLite file when no store connection is used.
     :param store_error_grace: seconds the store may stay unreachable before the wait fails.
+    :param until: ``"read"`` (a READ or a reply ends the wait) or ``"reply"`` (only a reply does).
+    :param recipient: who the message went to, by identity (E.164, a group id); in the result.
+    :param chat_key: the conversation by identity, which replies are matched by; ``""`` turns
+        replies off (a wait from an older sensor).
+    :param reply_choices: label -> regular expression (already checked by the sensor).
+    :param reply_from: in a group, the participants (identities) whose reply counts; empty for all.
     """
 
     def __init__(
@@ -87,6 +97,11 @@ class ReadReceiptTrigger(BaseTrigger):
         store_conn_id: str | None = None,
         store_path: str | None = None,
         store_error_grace: float = DEFAULT_STORE_ERROR_GRACE,
+        until: str = "read",
+        recipient: str = "",
+        chat_key: str = "",
+        reply_choices: dict[str, str] | None = None,
+        reply_from: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id
@@ -102,6 +117,11 @@ class ReadReceiptTrigger(BaseTrigger):
         self.store_conn_id = store_conn_id
         self.store_path = store_path
         self.store_error_grace = store_error_grace
+        self.until = until
+        self.recipient = recipient
+        self.chat_key = chat_key
+        self.reply_choices = dict(reply_choices or {})
+        self.reply_from = list(reply_from or [])
         self._leases: list[StorePoller] = []
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -121,6 +141,11 @@ class ReadReceiptTrigger(BaseTrigger):
                 "store_conn_id": self.store_conn_id,
                 "store_path": self.store_path,
                 "store_error_grace": self.store_error_grace,
+                "until": self.until,
+                "recipient": self.recipient,
+                "chat_key": self.chat_key,
+                "reply_choices": self.reply_choices,
+                "reply_from": self.reply_from,
             },
         )
 
@@ -144,6 +169,19 @@ class ReadReceiptTrigger(BaseTrigger):
             poller = self._leases.pop()
             if not poller.closed:
                 await release_poller(poller)
+
+    def _reply_request(self) -> ReplyRequest | None:
+        if not self.chat_key or not self.sent_at:
+            return None
+        from airflow_provider_readreceipts.replies import compile_choices
+        from airflow_provider_readreceipts.triggers._replies import ReplyRequest
+
+        return ReplyRequest(
+            chat_key=self.chat_key,
+            sent_at=as_utc(self.sent_at, field="sent_at"),
+            senders=frozenset(self.reply_from),
+            choices=compile_choices(self.reply_choices),
+        )
 
     async def _wait(self) -> WaitResult | WaitErrorEvent:
         from airflow_provider_readreceipts.store import StoreError
@@ -182,6 +220,8 @@ class ReadReceiptTrigger(BaseTrigger):
                 reconcile_rate_per_minute=self.reconcile_rate_per_minute,
                 has_receiver=has_receiver,
                 store_error_grace=float(self.store_error_grace),
+                until=self.until,
+                replies=self._reply_request(),
             )
             try:
                 end = await wait.future
@@ -205,6 +245,9 @@ class ReadReceiptTrigger(BaseTrigger):
             sent_at=self.sent_at,
             deadline=deadline,
             checked_at=end.checked_at,
+            recipient=self.recipient,
+            until=self.until,
+            reply=result_fields(end.reply, self.sent_at) if end.reply is not None else None,
             note=end.note,
         )
         self.log.info(
