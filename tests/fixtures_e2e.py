@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from airflow_provider_readreceipts.sandbox import connection_environment
+from airflow_provider_readreceipts.testing.sandbox import connection_environment
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DAGS = REPO / "example_dags"
@@ -153,7 +153,7 @@ def start_sandbox(
         [
             sys.executable,
             "-m",
-            "airflow_provider_readreceipts.sandbox",
+            "airflow_provider_readreceipts.testing.sandbox",
             "--port",
             str(port),
             "--receiver-url",

@@ -133,9 +133,9 @@ def _learn_module_constants(scan: SecretScan) -> None:
     import importlib
     import pkgutil
 
-    import tests.fakes
+    from airflow_provider_readreceipts.testing import fakes
 
-    modules = [f"tests.fakes.{m.name}" for m in pkgutil.iter_modules(tests.fakes.__path__)]
+    modules = [f"{fakes.__name__}.{m.name}" for m in pkgutil.iter_modules(fakes.__path__)]
     modules += [f"tests.{path.stem}" for path in Path(__file__).parent.glob("fixtures_*.py")]
     for module_name in modules:
         try:
@@ -158,7 +158,7 @@ def _learn_module_constants(scan: SecretScan) -> None:
     except Exception:  # noqa: S110 - the receiver fixtures are optional for this scan
         pass
     try:
-        from airflow_provider_readreceipts.sandbox import connection_environment
+        from airflow_provider_readreceipts.testing.sandbox import connection_environment
 
         environment = connection_environment(
             sandbox_url="http://127.0.0.1:1", receiver_url="http://127.0.0.1:2"

@@ -159,7 +159,7 @@ def pg_wait_store(airflow_connection) -> Iterator[WaitStore]:
 @pytest.fixture
 def sendblue_wait_conn(vendors, airflow_connection) -> str:
     """A Sendblue connection pointing at the loopback fake."""
-    from tests.fakes import sendblue as fake
+    from airflow_provider_readreceipts.testing.fakes import sendblue as fake
 
     return airflow_connection(
         "sb_wait",

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes import chert as chert_fake
-from tests.fakes import direct7 as direct7_fake
-from tests.fakes import ryze as ryze_fake
-from tests.fakes import sendblue as sendblue_fake
+from airflow_provider_readreceipts.testing.fakes import chert as chert_fake
+from airflow_provider_readreceipts.testing.fakes import direct7 as direct7_fake
+from airflow_provider_readreceipts.testing.fakes import ryze as ryze_fake
+from airflow_provider_readreceipts.testing.fakes import sendblue as sendblue_fake
 
 SB_RECEIVER = "https://airflow.example.com/readreceipts/webhooks/sb"
 D7_RECEIVER = "https://airflow.example.com/readreceipts/webhooks/d7"

@@ -28,14 +28,14 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_readreceipts.sandbox import CONN_IDS, SENDBLUE_LINE
-from airflow_provider_readreceipts.sandbox.delivery import (
+from airflow_provider_readreceipts.testing.sandbox import CONN_IDS, SENDBLUE_LINE
+from airflow_provider_readreceipts.testing.sandbox.delivery import (
     Scheduler,
     WebhookDeliverer,
     is_loopback_url,
     redact_url,
 )
-from airflow_provider_readreceipts.sandbox.fates import Fate, Timing, fate_for
+from airflow_provider_readreceipts.testing.sandbox.fates import Fate, Timing, fate_for
 from tests.fixtures_e2e import Cluster, Stack, example_source, wait_until
 
 #: One contact per path; the last digit decides (0-4 read, 5-7 never read, 8-9 failed).

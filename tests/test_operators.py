@@ -39,9 +39,9 @@ from airflow_provider_readreceipts.operators.send_message import (
     idempotency_key_for,
 )
 from airflow_provider_readreceipts.receipts import VendorAPIError
-from tests.fakes import direct7 as direct7_fake
-from tests.fakes import sendblue as sendblue_fake
-from tests.fakes.server import Fault
+from airflow_provider_readreceipts.testing.fakes import direct7 as direct7_fake
+from airflow_provider_readreceipts.testing.fakes import sendblue as sendblue_fake
+from airflow_provider_readreceipts.testing.fakes.server import Fault
 from tests.fixtures_vendor_connections import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
 from tests.operator_context import MemoryStateStore, make_context
 

@@ -498,7 +498,7 @@ def test_direct7_report_with_token_in_query_is_stored(running_receiver, store, a
 
 
 def test_chert_signed_webhook_is_stored_and_forgery_refused(running_receiver, store, airflow_connection):
-    from tests.fakes import chert as chert_fake
+    from airflow_provider_readreceipts.testing.fakes import chert as chert_fake
 
     airflow_connection(
         "chert_receiver",
@@ -527,7 +527,7 @@ def test_chert_signed_webhook_is_stored_and_forgery_refused(running_receiver, st
 
 
 def test_ryze_status_webhook_is_stored(running_receiver, store, airflow_connection):
-    from tests.fakes import ryze as ryze_fake
+    from airflow_provider_readreceipts.testing.fakes import ryze as ryze_fake
 
     authorization = "Bearer ryze-receiver-Qm3"
     airflow_connection(

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 
 from airflow_provider_readreceipts.hooks.store import SCHEMA_VERSION, ReceiptStore, events_table
 from airflow_provider_readreceipts.receipts import Status
-from airflow_provider_readreceipts.sandbox.fates import Fate, fate_for
+from airflow_provider_readreceipts.testing.sandbox.fates import Fate, fate_for
 from tests.fixtures_e2e import ChildProcess, Cluster, wait_until
 from tests.fixtures_receiver import (
     SENDBLUE_CONN_ID,

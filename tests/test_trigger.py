@@ -18,13 +18,13 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_readreceipts.receipts import Status
+from airflow_provider_readreceipts.testing.fakes import sendblue as sendblue_fake
 from airflow_provider_readreceipts.triggers import _poller
 from airflow_provider_readreceipts.triggers._wait import WaitPolicy
 from airflow_provider_readreceipts.triggers.read_receipt import (
     ReadReceiptTrigger,
     ReceiptEventTrigger,
 )
-from tests.fakes import sendblue as sendblue_fake
 from tests.fixtures_sensor import receipt
 
 GUARD = 60.0  # seconds before a stuck wait fails the test
@@ -280,7 +280,7 @@ async def test_final_reconcile_before_saying_unread(sqlite_wait_store, vendors, 
 
 async def test_chert_reads_come_from_polling_the_chat(sqlite_wait_store, vendors, airflow_connection):
     from airflow_provider_readreceipts.hooks.chert import ChertHook
-    from tests.fakes import chert as chert_fake
+    from airflow_provider_readreceipts.testing.fakes import chert as chert_fake
 
     airflow_connection(
         "chert_wait",
@@ -467,7 +467,7 @@ async def test_no_receiver_and_no_reconcile_is_an_error(wait_store):
 async def test_no_receiver_and_vendor_never_answers_is_an_error(
     sqlite_wait_store, vendors, sendblue_wait_conn
 ):
-    from tests.fakes.server import Fault
+    from airflow_provider_readreceipts.testing.fakes.server import Fault
 
     vendors.inject("sendblue", *[Fault(status=503, body={"message": "down"}) for _ in range(50)])
 
@@ -716,7 +716,7 @@ async def test_event_payload_is_json(sqlite_wait_store):
 
 
 async def test_rate_limited_reconcile_pauses_and_recovers(sqlite_wait_store, vendors, sendblue_wait_conn):
-    from tests.fakes.server import Fault
+    from airflow_provider_readreceipts.testing.fakes.server import Fault
 
     handle = sendblue_message(vendors, "READ")
     vendors.inject("sendblue", Fault(status=429, body={"message": "slow down"}, headers={"Retry-After": "1"}))
