@@ -22,7 +22,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -36,7 +36,8 @@ from airflow_provider_readreceipts.testing.sandbox.delivery import (
     redact_url,
 )
 from airflow_provider_readreceipts.testing.sandbox.fates import Fate, Timing, fate_for
-from tests.fixtures_e2e import Cluster, Stack, example_source, wait_until
+from tests import support
+from tests.support import CAMPAIGN, CLUSTER_CONTACTS, INBOUND, Cluster, Stack, example_source, wait_until
 
 #: One contact per path; the last digit decides (0-4 read, 5-7 never read, 8-9 failed).
 CONTACTS = [
@@ -45,12 +46,11 @@ CONTACTS = [
     {"name": "Linus", "number": "+14155550166"},
     {"name": "Margaret", "number": "+14155550189"},
 ]
-CAMPAIGN = "readreceipts_follow_up_campaign"
-INBOUND = "readreceipts_inbound"
 
 
-def numbers_with(fate: Fate, contacts: list[dict[str, str]] = CONTACTS) -> list[str]:
-    return [c["number"] for c in contacts if fate_for(c["number"]) is fate]
+def numbers_with(fate: Fate, contacts: Sequence[Mapping[str, str]] = CONTACTS) -> list[str]:
+    """The numbers of ``contacts`` (by default this module's) whose messages get ``fate``."""
+    return support.numbers_with(fate, contacts)
 
 
 # -- 1. the sandbox ----------------------------------------------------------------------------------
@@ -353,37 +353,13 @@ def test_inbox_sweep_marks_every_chat_that_wrote_read_in_one_task(run_dag: Any, 
 #: The run's deadline: after every read (20 s after a send, see ``airflow_cluster``), with room for
 #: slowly starting tasks.
 CLUSTER_READ_WITHIN = 65
-#: Six contacts, two of each outcome; the readers' numbers end in 0 (read 20 s after the send).
-CLUSTER_CONTACTS = [
-    {"name": f"Contact {n}", "number": f"+141555504{n}"} for n in ("40", "50", "45", "46", "48", "49")
-]
-
-
-def _xcom_values(cluster: Cluster, dag_id: str, run_id: str, task_id: str) -> dict[int, Any]:
-    rows = cluster.sql(
-        "SELECT map_index, value FROM xcom WHERE dag_id = %s AND run_id = %s AND task_id = %s"
-        " AND key = 'return_value'",
-        dag_id,
-        run_id,
-        task_id,
-    )
-    return {index: value if not isinstance(value, str) else json.loads(value) for index, value in rows}
-
-
-def _wait_for_dags(cluster: Cluster) -> None:
-    def registered() -> bool:
-        cluster.check_alive()
-        rows = cluster.sql("SELECT dag_id FROM serialized_dag WHERE dag_id IN (%s, %s)", CAMPAIGN, INBOUND)
-        return len(rows) == 2
-
-    wait_until(registered, timeout=240, what="the DAG processor to register the example DAGs", interval=1)
 
 
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_real_airflow_waits_for_every_contact_at_once_in_the_triggerer(airflow_cluster: Cluster) -> None:
     cluster = airflow_cluster
-    _wait_for_dags(cluster)
+    cluster.wait_for_example_dags()
     run_id = f"e2e_{uuid.uuid4().hex[:8]}"
     cluster.trigger(
         CAMPAIGN,
@@ -416,15 +392,15 @@ def test_real_airflow_waits_for_every_contact_at_once_in_the_triggerer(airflow_c
     # trigger at a time).
     assert most_deferred >= 3, f"at most {most_deferred} waits were deferred at once"
 
-    waits = _xcom_values(cluster, CAMPAIGN, run_id, "wait_for_read")
+    waits = cluster.xcom_values(CAMPAIGN, run_id, "wait_for_read")
     assert len(waits) == len(CLUSTER_CONTACTS)
     for wait in waits.values():
         assert wait["outcome"] == fate_for(wait["chat"]).value, wait
-    calls = _xcom_values(cluster, CAMPAIGN, run_id, "call")
+    calls = cluster.xcom_values(CAMPAIGN, run_id, "call")
     assert sorted(call["to"] for call in calls.values()) == numbers_with(Fate.UNREAD, CLUSTER_CONTACTS)
-    whatsapp = _xcom_values(cluster, CAMPAIGN, run_id, "switch_to_whatsapp")
+    whatsapp = cluster.xcom_values(CAMPAIGN, run_id, "switch_to_whatsapp")
     assert sorted(ref["chat"] for ref in whatsapp.values()) == numbers_with(Fate.FAILED, CLUSTER_CONTACTS)
-    follow_ups = _xcom_values(cluster, CAMPAIGN, run_id, "follow_up")
+    follow_ups = cluster.xcom_values(CAMPAIGN, run_id, "follow_up")
     assert sorted(ref["chat"] for ref in follow_ups.values()) == numbers_with(Fate.READ, CLUSTER_CONTACTS)
 
 
@@ -432,7 +408,7 @@ def test_real_airflow_waits_for_every_contact_at_once_in_the_triggerer(airflow_c
 @pytest.mark.postgres
 def test_real_airflow_inbound_messages_start_the_event_driven_dag(airflow_cluster: Cluster) -> None:
     cluster = airflow_cluster
-    _wait_for_dags(cluster)
+    cluster.wait_for_example_dags()
     vendors = ("sendblue", "chert", "ryze", "direct7", "ryze")
     inbound = [cluster.stack.inbound(v, f"+1415555050{i}", f"Hello via {v}") for i, v in enumerate(vendors)]
 
@@ -441,7 +417,7 @@ def test_real_airflow_inbound_messages_start_the_event_driven_dag(airflow_cluste
         return [
             event["message_id"]
             for (run_id,) in runs
-            for events in _xcom_values(cluster, INBOUND, run_id, "handle_messages").values()
+            for events in cluster.xcom_values(INBOUND, run_id, "handle_messages").values()
             for event in events
         ]
 

@@ -42,8 +42,8 @@ from airflow_provider_readreceipts.receipts import VendorAPIError
 from airflow_provider_readreceipts.testing.fakes import direct7 as direct7_fake
 from airflow_provider_readreceipts.testing.fakes import sendblue as sendblue_fake
 from airflow_provider_readreceipts.testing.fakes.server import Fault
-from tests.fixtures_vendor_connections import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
 from tests.operator_context import MemoryStateStore, make_context
+from tests.support import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
 
 CONTACT = "+14155551234"
 OTHER = "+14155550123"

@@ -35,7 +35,7 @@ from airflow_provider_readreceipts.webhooks import (
 from airflow_provider_readreceipts.webhooks.app import Receiver, create_app
 from airflow_provider_readreceipts.webhooks.plugin import URL_PREFIX, ReadReceiptsPlugin
 from airflow_provider_readreceipts.webhooks.standalone import build_parser, log_config
-from tests.fixtures_receiver import (
+from tests.support import (
     DIRECT7_CONN_ID,
     DIRECT7_WEBHOOK_TOKEN,
     SENDBLUE_CONN_ID,

@@ -17,7 +17,7 @@ import pytest
 
 from airflow_provider_readreceipts.receipts import Status
 from airflow_provider_readreceipts.sensors.read_receipt import ReadReceiptSensor
-from tests.fixtures_sensor import receipt
+from tests.support import postgres_connection_fields, receipt
 
 DAG_SOURCE = """
 from datetime import timedelta
@@ -193,7 +193,8 @@ def test_no_receiver_fails_the_task_instead_of_escalating(
 
 
 def test_unreachable_store_fails_the_task(run_dag, vendors, sendblue_wait_conn, airflow_connection):
-    airflow_connection("rr_dead_store", "postgres", host="127.0.0.1", port=9, login="root", schema="test")
+    # The suite's PostgreSQL connection, on port 9 where nothing listens: the store cannot be reached.
+    airflow_connection("rr_dead_store", "postgres", **postgres_connection_fields(port=9))
 
     class DeadStore:
         target = {"store_conn_id": "rr_dead_store"}

@@ -25,7 +25,7 @@ from airflow_provider_readreceipts.triggers.read_receipt import (
     ReadReceiptTrigger,
     ReceiptEventTrigger,
 )
-from tests.fixtures_sensor import receipt
+from tests.support import postgres_connection_fields, receipt
 
 GUARD = 60.0  # seconds before a stuck wait fails the test
 
@@ -526,8 +526,8 @@ async def test_missing_store_connection_is_bad_configuration():
 
 
 async def test_unreachable_store_is_an_error_not_unread(airflow_connection):
-    # Nothing listens on port 9: the store cannot be reached at all.
-    airflow_connection("rr_dead_store", "postgres", host="127.0.0.1", port=9, login="root", schema="test")
+    # The suite's PostgreSQL connection, on port 9 where nothing listens: the store cannot be reached.
+    airflow_connection("rr_dead_store", "postgres", **postgres_connection_fields(port=9))
     trigger = ReadReceiptTrigger(
         conn_id="c", message_id="m", vendor="sendblue", deadline=_deadline(0.1), store_conn_id="rr_dead_store"
     )

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from airflow_provider_readreceipts.hooks.store import ReceiptStore, events_table
 from airflow_provider_readreceipts.receipts import InvalidInputError, Status
 from airflow_provider_readreceipts.webhooks.writer_process import WriterProcess, WriterProcessError
-from tests.fixtures_receiver import SENDBLUE_CONN_ID, sendblue_payload
+from tests.support import SENDBLUE_CONN_ID, sendblue_payload
 
 # ``store`` (the store fixtures' migrated store) is requested for its migration: the writer process
 # opens only a store whose schema is in place, as the receiver leaves it.
