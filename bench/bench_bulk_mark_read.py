@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import requests
 
-from tests.fakes import ryze as ryze_fake
-from tests.fakes import sendblue as sendblue_fake
-from tests.fakes.ryze import RyzeFake
-from tests.fakes.sendblue import SendblueFake
-from tests.fakes.server import VendorFakeServer
+from airflow_provider_readreceipts.testing.fakes import ryze as ryze_fake
+from airflow_provider_readreceipts.testing.fakes import sendblue as sendblue_fake
+from airflow_provider_readreceipts.testing.fakes.ryze import RyzeFake
+from airflow_provider_readreceipts.testing.fakes.sendblue import SendblueFake
+from airflow_provider_readreceipts.testing.fakes.server import VendorFakeServer
 
 CONVERSATIONS = 1_000
 RATE_LIMIT = 100
@@ -229,9 +229,9 @@ def write(results: dict[str, Any]) -> None:
 
 `python bench/bench_bulk_mark_read.py`, {results["date"]}, Python {results["machine"]["python"]},
 {results["machine"]["cpus"]} CPUs ({results["machine"]["platform"]}). The vendor fakes
-(`tests/fakes/`) run on loopback in the same process as the client, so client and server share one
-interpreter (and its GIL). Nagle's algorithm is switched off on the fake's sockets, as real API front
-ends do (see the comment in the script).
+(`airflow_provider_readreceipts/testing/fakes/`) run on loopback in the same process as the client,
+so client and server share one interpreter (and its GIL). Nagle's algorithm is switched off on the
+fake's sockets, as real API front ends do (see the comment in the script).
 
 ## {results["conversations"]:,} Sendblue conversations marked read
 

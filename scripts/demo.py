@@ -7,9 +7,10 @@ The one-command demo: the follow-up campaign against the local vendor sandbox, e
 What it does, with nothing to configure:
 
 1. makes a temporary ``AIRFLOW_HOME`` and migrates Airflow's metadata DB there (SQLite);
-2. starts the vendor sandbox (``python -m airflow_provider_readreceipts.sandbox``) and the standalone
-   webhook receiver (``python -m airflow_provider_readreceipts.webhooks.standalone``, SQLite receipt
-   store) as child processes, with ``AIRFLOW_CONN_*`` variables pointing everything at the sandbox;
+2. starts the vendor sandbox (``python -m airflow_provider_readreceipts.testing.sandbox``) and the
+   standalone webhook receiver (``python -m airflow_provider_readreceipts.webhooks.standalone``,
+   SQLite receipt store) as child processes, with ``AIRFLOW_CONN_*`` variables pointing everything
+   at the sandbox;
 3. runs ``example_dags/follow_up_campaign.py`` with ``dag.test()``;
 4. prints who read (and how fast), who was called, who failed and was reached on WhatsApp;
 5. stops its processes and removes the temporary folder, also on Ctrl-C or failure.
@@ -38,8 +39,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from airflow_provider_readreceipts.sandbox import connection_environment
-from airflow_provider_readreceipts.sandbox.fates import fate_for
+from airflow_provider_readreceipts.testing.sandbox import connection_environment
+from airflow_provider_readreceipts.testing.sandbox.fates import fate_for
 
 REPO = Path(__file__).resolve().parents[1]
 DAG_FILE = REPO / "example_dags" / "follow_up_campaign.py"
@@ -248,7 +249,7 @@ def start_services(processes: Processes, home: Path, *, sandbox_port: int, recei
     """The vendor sandbox and the standalone receiver (SQLite store), as child processes."""
     python = sys.executable
     receiver_url = f"http://127.0.0.1:{receiver_port}/webhooks"
-    sandbox = ["-m", "airflow_provider_readreceipts.sandbox", "--port", str(sandbox_port)]
+    sandbox = ["-m", "airflow_provider_readreceipts.testing.sandbox", "--port", str(sandbox_port)]
     sandbox += ["--receiver-url", receiver_url, "--max-runtime", "900"]
     receiver = ["-m", "airflow_provider_readreceipts.webhooks.standalone", "--host", "127.0.0.1"]
     receiver += ["--port", str(receiver_port), "--store-url", f"sqlite:///{home / 'readreceipts.db'}"]

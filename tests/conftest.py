@@ -16,8 +16,8 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import pytest
 
-import tests.fakes
-from tests.fakes.server import VendorFake, VendorFakeServer
+from airflow_provider_readreceipts.testing import fakes
+from airflow_provider_readreceipts.testing.fakes.server import VendorFake, VendorFakeServer
 
 # Fixture modules (tests/fixtures_*.py) are loaded as plugins, so each part of the suite keeps its
 # fixtures in its own file.
@@ -25,10 +25,10 @@ pytest_plugins = sorted(f"tests.{path.stem}" for path in Path(__file__).parent.g
 
 
 def vendor_fakes() -> list[type[VendorFake]]:
-    """Every vendor fake in tests/fakes/, one class per vendor module."""
+    """Every vendor fake in :mod:`airflow_provider_readreceipts.testing.fakes`, one class per module."""
     found = []
-    for module_info in pkgutil.iter_modules(tests.fakes.__path__):
-        module = importlib.import_module(f"tests.fakes.{module_info.name}")
+    for module_info in pkgutil.iter_modules(fakes.__path__):
+        module = importlib.import_module(f"{fakes.__name__}.{module_info.name}")
         for _, cls in inspect.getmembers(module, inspect.isclass):
             if issubclass(cls, VendorFake) and cls.__module__ == module.__name__ and cls.prefix:
                 found.append(cls)

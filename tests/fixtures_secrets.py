@@ -6,9 +6,9 @@ Loaded as a plugin by ``tests/conftest.py`` like every ``tests/fixtures_*.py``, 
 
 1. learns the suite's secret values: every ``AIRFLOW_CONN_*`` variable seen during the session
    (snapshotted around each test, so connections defined with ``monkeypatch.setenv`` count), the
-   connection documents the receiver fixtures and the vendor sandbox build for child processes,
-   and the ``*SECRET*``/``*TOKEN*``/``*PASSWORD*``/``*AUTHORIZATION*`` constants of the fixture and
-   fake modules. From a connection it takes the password, ``webhook_secret``, ``webhook_token``,
+   connection documents the receiver helpers and the vendor sandbox build for child processes,
+   and the ``*SECRET*``/``*TOKEN*``/``*PASSWORD*``/``*AUTHORIZATION*`` constants of the fixture,
+   support and fake modules. From a connection it takes the password, ``webhook_secret``, ``webhook_token``,
    ``webhook_authorization`` and any extra named like a secret; values shorter than 8 characters are
    left out (too likely to occur by chance);
 2. captures what the suite wrote: every stdlib log record (a root handler, with exception text),
@@ -36,18 +36,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
+
+from tests import support
+from tests.support import NOT_SECRET_NAME, REPORT_ENV, SECRET_NAME, scale_name, secrets_of_connection
 
 SCAN_ENV = "READRECEIPTS_SECRET_SCAN"
 #: Shorter values are not treated as secrets: they would match by chance.
 MIN_SECRET_LENGTH = 8
-#: Connection fields that hold secrets, besides any extra named like one.
-SECRET_FIELDS = ("password", "webhook_secret", "webhook_token", "webhook_authorization")
-_SECRET_NAME = re.compile(r"secret|token|authorization|password", re.IGNORECASE)
-#: Extras named like a secret that hold a header name or a mode, not a secret.
-_NOT_SECRET_NAME = re.compile(r"header|mode", re.IGNORECASE)
 #: Files larger than this are read in part only (the first bytes); logs are far smaller.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 _BINARY_SUFFIXES = (".db", ".db-wal", ".db-shm", ".sqlite", ".pyc", ".so", ".gz", ".zip", ".whl")
@@ -85,42 +82,6 @@ class SecretScan:
                 self.texts.append((where, text))
 
 
-def secrets_of_connection(document: str, name: str) -> Iterator[tuple[str, str]]:
-    """``(value, kind)`` for the secrets of an ``AIRFLOW_CONN_*`` value (JSON or URI form)."""
-    text = document.strip()
-    fields: dict[str, Any] = {}
-    extras: Any = {}
-    if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except ValueError:
-            return
-        if not isinstance(parsed, dict):
-            return
-        fields = parsed
-        extras = parsed.get("extra") or {}
-        if isinstance(extras, str):
-            try:
-                extras = json.loads(extras)
-            except ValueError:
-                extras = {}
-    elif "://" in text:
-        parts = urlsplit(text)
-        fields = {"password": unquote(parts.password) if parts.password else None}
-        extras = dict(parse_qsl(parts.query))
-    for key in SECRET_FIELDS:
-        if isinstance(fields.get(key), str):
-            yield fields[key], f"{name} {key}"
-    if isinstance(extras, Mapping):
-        for key, value in extras.items():
-            if (
-                isinstance(value, str)
-                and _SECRET_NAME.search(str(key))
-                and not _NOT_SECRET_NAME.search(str(key))
-            ):
-                yield value, f"{name} extra {key}"
-
-
 def _learn_environment(scan: SecretScan, environment: Mapping[str, str], origin: str = "") -> None:
     for name, value in environment.items():
         if name.startswith("AIRFLOW_CONN_"):
@@ -133,32 +94,28 @@ def _learn_module_constants(scan: SecretScan) -> None:
     import importlib
     import pkgutil
 
-    import tests.fakes
+    from airflow_provider_readreceipts.testing import fakes
 
-    modules = [f"tests.fakes.{m.name}" for m in pkgutil.iter_modules(tests.fakes.__path__)]
+    modules = [f"{fakes.__name__}.{m.name}" for m in pkgutil.iter_modules(fakes.__path__)]
     modules += [f"tests.{path.stem}" for path in Path(__file__).parent.glob("fixtures_*.py")]
+    modules.append("tests.support")
     for module_name in modules:
         try:
             module = importlib.import_module(module_name)
         except Exception:  # noqa: S112 - a module that does not import has no secrets to learn
             continue
         for name, value in vars(module).items():
-            if name.isupper() and _SECRET_NAME.search(name) and not _NOT_SECRET_NAME.search(name):
+            if name.isupper() and SECRET_NAME.search(name) and not NOT_SECRET_NAME.search(name):
                 scan.learn(value, f"{module_name}.{name}")
+    for conn_type, fields in (
+        ("sendblue", support.sendblue_connection_fields()),
+        ("direct7", support.direct7_connection_fields()),
+    ):
+        document = support.connection_document(conn_type, **fields)
+        for secret, kind in secrets_of_connection(document, f"tests.support {conn_type} connection"):
+            scan.learn(secret, kind)
     try:
-        from tests import fixtures_receiver as receiver
-
-        for conn_type, fields in (
-            ("sendblue", receiver.sendblue_connection_fields()),
-            ("direct7", receiver.direct7_connection_fields()),
-        ):
-            document = receiver.connection_document(conn_type, **fields)
-            for secret, kind in secrets_of_connection(document, f"fixtures_receiver {conn_type} connection"):
-                scan.learn(secret, kind)
-    except Exception:  # noqa: S110 - the receiver fixtures are optional for this scan
-        pass
-    try:
-        from airflow_provider_readreceipts.sandbox import connection_environment
+        from airflow_provider_readreceipts.testing.sandbox import connection_environment
 
         environment = connection_environment(
             sandbox_url="http://127.0.0.1:1", receiver_url="http://127.0.0.1:2"
@@ -343,8 +300,6 @@ def run_scan(session: pytest.Session, scan: SecretScan) -> None:
 
 
 def _record_figures(scan: SecretScan) -> None:
-    from tests.fixtures_reliability import REPORT_ENV, _scale_name
-
     report = os.environ.get(REPORT_ENV)
     if not report:
         return
@@ -353,7 +308,7 @@ def _record_figures(scan: SecretScan) -> None:
         document = json.loads(path.read_text()) if path.exists() else {}
     except ValueError:
         document = {}
-    document.setdefault("scale", _scale_name())
+    document.setdefault("scale", scale_name())
     document.setdefault("sections", {})["secret_hygiene"] = {
         "suite": {
             "secrets_known": len(scan.secrets),

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fakes import chert as chert_fake
-from tests.fakes import direct7 as direct7_fake
-from tests.fakes import ryze as ryze_fake
-from tests.fakes import sendblue as sendblue_fake
-
-SB_RECEIVER = "https://airflow.example.com/readreceipts/webhooks/sb"
-D7_RECEIVER = "https://airflow.example.com/readreceipts/webhooks/d7"
-D7_WEBHOOK_TOKEN = "d7-webhook-token-51f0"
+from airflow_provider_readreceipts.testing.fakes import chert as chert_fake
+from airflow_provider_readreceipts.testing.fakes import direct7 as direct7_fake
+from airflow_provider_readreceipts.testing.fakes import ryze as ryze_fake
+from airflow_provider_readreceipts.testing.fakes import sendblue as sendblue_fake
+from tests.support import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
 
 
 @pytest.fixture

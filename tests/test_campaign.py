@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_readreceipts.sandbox.fates import Fate, fate_for
-from tests.fixtures_e2e import Stack
+from airflow_provider_readreceipts.testing.sandbox.fates import Fate, fate_for
+from tests.support import Stack
 
 CAMPAIGN_DAG = """
 from airflow.sdk import DAG

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_e2e import EXAMPLE_DAGS
+from tests.support import EXAMPLE_DAGS
 
 EXPECTED_DAGS = {
     "readreceipts_follow_up_campaign",

@@ -10,8 +10,8 @@ import pytest
 from airflow_provider_readreceipts.hooks.base import parse_retry_after
 from airflow_provider_readreceipts.hooks.sendblue import SendblueHook
 from airflow_provider_readreceipts.receipts import DeliveryUnknownError, VendorAPIError
-from tests.fakes import sendblue as fake
-from tests.fakes.server import Fault
+from airflow_provider_readreceipts.testing.fakes import sendblue as fake
+from airflow_provider_readreceipts.testing.fakes.server import Fault
 
 CONTACT = "+14155551234"
 WEBHOOK_SECRET = "sb-webhook-secret-Kx7"

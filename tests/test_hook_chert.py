@@ -18,8 +18,8 @@ from airflow_provider_readreceipts.receipts import (
     WebhookAuthError,
     WebhookPayloadError,
 )
-from tests.fakes import chert as fake
-from tests.fakes.server import Fault
+from airflow_provider_readreceipts.testing.fakes import chert as fake
+from airflow_provider_readreceipts.testing.fakes.server import Fault
 
 CONTACT = "+14155551234"
 

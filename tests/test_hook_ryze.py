@@ -20,8 +20,8 @@ from airflow_provider_readreceipts.receipts import (
     WebhookAuthError,
     WebhookPayloadError,
 )
-from tests.fakes import ryze as fake
-from tests.fakes.server import FakeRequest, Fault
+from airflow_provider_readreceipts.testing.fakes import ryze as fake
+from airflow_provider_readreceipts.testing.fakes.server import FakeRequest, Fault
 
 CONTACT = "+55 11 98765-4321"
 CONTACT_DIGITS = "5511987654321"

@@ -13,7 +13,7 @@ from airflow_provider_readreceipts.receipts import (
     WebhookAuthError,
     WebhookPayloadError,
 )
-from tests.fakes import sendblue as fake
+from airflow_provider_readreceipts.testing.fakes import sendblue as fake
 
 CONTACT = "+14155551234"
 

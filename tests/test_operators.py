@@ -39,11 +39,11 @@ from airflow_provider_readreceipts.operators.send_message import (
 )
 from airflow_provider_readreceipts.rate_limits import SlidingWindowRateLimiter
 from airflow_provider_readreceipts.receipts import VendorAPIError
-from tests.fakes import direct7 as direct7_fake
-from tests.fakes import sendblue as sendblue_fake
-from tests.fakes.server import Fault
-from tests.fixtures_vendor_connections import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
+from airflow_provider_readreceipts.testing.fakes import direct7 as direct7_fake
+from airflow_provider_readreceipts.testing.fakes import sendblue as sendblue_fake
+from airflow_provider_readreceipts.testing.fakes.server import Fault
 from tests.operator_context import MemoryStateStore, make_context
+from tests.support import D7_RECEIVER, D7_WEBHOOK_TOKEN, SB_RECEIVER
 
 CONTACT = "+14155551234"
 OTHER = "+14155550123"

@@ -35,7 +35,7 @@ from airflow_provider_readreceipts.webhooks import (
 from airflow_provider_readreceipts.webhooks.app import Receiver, create_app
 from airflow_provider_readreceipts.webhooks.plugin import URL_PREFIX, ReadReceiptsPlugin
 from airflow_provider_readreceipts.webhooks.standalone import build_parser, log_config
-from tests.fixtures_receiver import (
+from tests.support import (
     DIRECT7_CONN_ID,
     DIRECT7_WEBHOOK_TOKEN,
     SENDBLUE_CONN_ID,
@@ -49,6 +49,9 @@ from tests.fixtures_receiver import (
     sendblue_connection_fields,
     sendblue_payload,
 )
+
+#: Seconds a request to a standalone receiver may take (its first webhook loads the vendor's hook).
+REQUEST_TIMEOUT = 60.0
 
 # -- the core flow ------------------------------------------------------------------------------------
 
@@ -430,7 +433,8 @@ def test_healthz_reports_the_store(running_receiver, store):
 def test_heartbeat_is_written_at_startup_and_periodically(running_receiver, store):
     first = store.last_heartbeat()
     assert first is not None
-    deadline = time.monotonic() + 10
+    # Every 0.2 s; the bound is for a loaded machine, the loop ends at the first new heartbeat.
+    deadline = time.monotonic() + 60
     while store.last_heartbeat() == first and time.monotonic() < deadline:
         time.sleep(0.05)
     assert store.last_heartbeat() > first
@@ -498,7 +502,7 @@ def test_direct7_report_with_token_in_query_is_stored(running_receiver, store, a
 
 
 def test_chert_signed_webhook_is_stored_and_forgery_refused(running_receiver, store, airflow_connection):
-    from tests.fakes import chert as chert_fake
+    from airflow_provider_readreceipts.testing.fakes import chert as chert_fake
 
     airflow_connection(
         "chert_receiver",
@@ -527,7 +531,7 @@ def test_chert_signed_webhook_is_stored_and_forgery_refused(running_receiver, st
 
 
 def test_ryze_status_webhook_is_stored(running_receiver, store, airflow_connection):
-    from tests.fakes import ryze as ryze_fake
+    from airflow_provider_readreceipts.testing.fakes import ryze as ryze_fake
 
     authorization = "Bearer ryze-receiver-Qm3"
     airflow_connection(
@@ -710,13 +714,20 @@ def test_standalone_server_never_logs_the_direct7_token(start_standalone, sqlite
     ).wait_ready()
     report = {"event_type": "DELIVERY_EVENTS", "request_id": "d7-logged", "status": "Delivered"}
 
+    # A first webhook loads the vendor's hook in the receiver: on a loaded machine that can take
+    # longer than httpx's 5-second default.
     accepted = httpx.post(
-        receiver.url(f"/webhooks/{DIRECT7_CONN_ID}"), params={"token": DIRECT7_WEBHOOK_TOKEN}, json=report
+        receiver.url(f"/webhooks/{DIRECT7_CONN_ID}"),
+        params={"token": DIRECT7_WEBHOOK_TOKEN},
+        json=report,
+        timeout=REQUEST_TIMEOUT,
     )
     wrong = httpx.post(
-        receiver.url(f"/webhooks/{DIRECT7_CONN_ID}?token=wrong-{DIRECT7_WEBHOOK_TOKEN}"), json=report
+        receiver.url(f"/webhooks/{DIRECT7_CONN_ID}?token=wrong-{DIRECT7_WEBHOOK_TOKEN}"),
+        json=report,
+        timeout=REQUEST_TIMEOUT,
     )
-    unknown = httpx.post(receiver.url("/webhooks/not_defined_here"), json=report)
+    unknown = httpx.post(receiver.url("/webhooks/not_defined_here"), json=report, timeout=REQUEST_TIMEOUT)
     output = receiver.stop()
 
     assert (accepted.status_code, wrong.status_code, unknown.status_code) == (200, 401, 404)
@@ -796,11 +807,13 @@ def test_standalone_with_two_workers_serves(start_standalone, sqlite_store_url):
         store_url=sqlite_store_url, environment=_standalone_environment(), workers=2
     ).wait_ready()
 
+    # A connection per request, as before, so that both workers may take some.
     answers = [
         httpx.post(
             receiver.url(f"/webhooks/{SENDBLUE_CONN_ID}"),
             json=sendblue_payload(f"msg-workers-{index}"),
             headers={SENDBLUE_SECRET_HEADER: SENDBLUE_WEBHOOK_SECRET},
+            timeout=REQUEST_TIMEOUT,
         )
         for index in range(20)
     ]

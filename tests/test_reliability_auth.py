@@ -31,8 +31,7 @@ import pytest
 from airflow_provider_readreceipts.hooks import chert, direct7, ryze, sendblue
 from airflow_provider_readreceipts.hooks.base import WebhookRequest
 from airflow_provider_readreceipts.hooks.store import ReceiptStore
-from tests.fixtures_receiver import ReceiverServer, sendblue_payload
-from tests.fixtures_reliability import Figures
+from tests.support import Figures, ReceiverServer, sendblue_payload
 
 pytestmark = pytest.mark.reliability
 

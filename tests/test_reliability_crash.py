@@ -30,25 +30,24 @@ import sqlalchemy as sa
 
 from airflow_provider_readreceipts.hooks.store import SCHEMA_VERSION, ReceiptStore, events_table
 from airflow_provider_readreceipts.receipts import Status
-from airflow_provider_readreceipts.sandbox.fates import Fate, fate_for
-from tests.fixtures_e2e import ChildProcess, Cluster, wait_until
-from tests.fixtures_receiver import (
+from airflow_provider_readreceipts.testing.sandbox.fates import Fate, fate_for
+from tests.support import (
+    CAMPAIGN,
+    CLUSTER_CONTACTS,
     SENDBLUE_CONN_ID,
     SENDBLUE_SECRET_HEADER,
     SENDBLUE_WEBHOOK_SECRET,
+    ChildProcess,
+    Cluster,
+    Figures,
+    Scale,
     StandaloneReceiver,
     connection_document,
+    numbers_with,
     receiver_environment,
     sendblue_connection_fields,
     sendblue_payload,
-)
-from tests.fixtures_reliability import Figures, Scale
-from tests.test_e2e import (
-    CAMPAIGN,
-    CLUSTER_CONTACTS,
-    _wait_for_dags,
-    _xcom_values,
-    numbers_with,
+    wait_until,
 )
 
 pytestmark = pytest.mark.reliability
@@ -300,7 +299,7 @@ def test_triggerer_killed_mid_wait_resumes_every_wait_with_the_right_outcome(
     with what really happened to its message (read, never read, failed).
     """
     cluster = airflow_cluster
-    _wait_for_dags(cluster)
+    cluster.wait_for_example_dags()
     run_id = f"crash_{uuid.uuid4().hex[:8]}"
     cluster.trigger(
         CAMPAIGN,
@@ -375,7 +374,7 @@ def test_triggerer_killed_mid_wait_resumes_every_wait_with_the_right_outcome(
         print(cluster.logs())
         raise
 
-    waits = _xcom_values(cluster, CAMPAIGN, run_id, "wait_for_read")
+    waits = cluster.xcom_values(CAMPAIGN, run_id, "wait_for_read")
     # What the sandbox says happened to each message (its plan, by recipient).
     fates = {
         m["recipient"]: m["fate"] for m in cluster.stack.state()["messages"] if m["vendor"] == "sendblue"
@@ -404,5 +403,5 @@ def test_triggerer_killed_mid_wait_resumes_every_wait_with_the_right_outcome(
     assert completed_after_kill == len(CLUSTER_CONTACTS)
     assert len(waits) == len(CLUSTER_CONTACTS)
     assert len(right) == len(CLUSTER_CONTACTS), (waits, fates)
-    calls = _xcom_values(cluster, CAMPAIGN, run_id, "call")
+    calls = cluster.xcom_values(CAMPAIGN, run_id, "call")
     assert sorted(call["to"] for call in calls.values()) == numbers_with(Fate.UNREAD, CLUSTER_CONTACTS)

@@ -30,8 +30,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from airflow_provider_readreceipts.hooks.store import AsyncReceiptStore, ReceiptStore
-from tests.fixtures_receiver import SENDBLUE_CONN_ID, ReceiverServer, sendblue_payload
-from tests.fixtures_store import POSTGRES_ADMIN_URL, REQUIRE_POSTGRES
+from tests.support import (
+    SENDBLUE_CONN_ID,
+    ReceiverServer,
+    postgres_admin_connection,
+    postgres_server_url,
+    sendblue_payload,
+)
 
 pytestmark = pytest.mark.reliability
 
@@ -128,16 +133,7 @@ def asynchronous_by_default_postgres() -> Iterator[str]:
     A fresh role and database of this test's own whose defaults are ``synchronous_commit=off``,
     for the role and for the database; both dropped afterwards. Yields the store URL.
     """
-    import psycopg
-
-    admin_url = make_url(POSTGRES_ADMIN_URL)
-    conninfo = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        admin = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-    except Exception as error:
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PostgreSQL is unreachable ({error}) and READRECEIPTS_REQUIRE_POSTGRES=1")
-        pytest.skip(f"PostgreSQL is unreachable ({type(error).__name__})")
+    admin = postgres_admin_connection()
     name = f"rr_async_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with admin:
         admin.execute(f'CREATE ROLE "{name}" LOGIN')
@@ -145,8 +141,10 @@ def asynchronous_by_default_postgres() -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}" OWNER "{name}" TEMPLATE template0')
         admin.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
         try:
-            yield admin_url.set(username=name, password=None, database=name).render_as_string(
-                hide_password=False
+            yield (
+                make_url(postgres_server_url(database=name))
+                .set(username=name, password=None)
+                .render_as_string(hide_password=False)
             )
         finally:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

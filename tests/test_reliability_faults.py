@@ -49,7 +49,7 @@ from airflow_provider_readreceipts.operators.send_message import (
     SendblueSendMessageOperator,
 )
 from airflow_provider_readreceipts.receipts import DeliveryUnknownError, VendorAPIError
-from tests.fakes.server import Fault, VendorFakeServer
+from airflow_provider_readreceipts.testing.fakes.server import Fault, VendorFakeServer
 from tests.operator_context import MemoryStateStore, make_context
 
 pytestmark = pytest.mark.reliability

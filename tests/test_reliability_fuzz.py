@@ -45,14 +45,16 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_readreceipts.hooks.store import ReceiptStore
-from tests.fixtures_receiver import (
+from tests.support import (
+    SCALE_ENV,
+    Figures,
+    Scale,
     StandaloneReceiver,
     connection_document,
     receiver_environment,
+    reset_postgres_database,
     sendblue_payload,
 )
-from tests.fixtures_reliability import SCALE_ENV, Figures, Scale
-from tests.fixtures_store import reset_postgres_database
 
 pytestmark = pytest.mark.reliability
 

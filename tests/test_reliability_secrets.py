@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_secrets import secrets_of_connection
+from tests.support import secrets_of_connection
 
 pytestmark = pytest.mark.reliability
 

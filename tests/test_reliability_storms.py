@@ -23,17 +23,18 @@ import pytest
 import sqlalchemy as sa
 
 from airflow_provider_readreceipts.hooks.store import ReceiptStore, events_table
-from tests.fixtures_receiver import (
+from tests.support import (
     SENDBLUE_CONN_ID,
     SENDBLUE_SECRET_HEADER,
     SENDBLUE_WEBHOOK_SECRET,
+    Figures,
+    Scale,
     StandaloneReceiver,
     connection_document,
     receiver_environment,
     sendblue_connection_fields,
     sendblue_payload,
 )
-from tests.fixtures_reliability import Figures, Scale
 
 pytestmark = pytest.mark.reliability
 

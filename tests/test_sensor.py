@@ -17,7 +17,7 @@ import pytest
 
 from airflow_provider_readreceipts.receipts import Status
 from airflow_provider_readreceipts.sensors.read_receipt import ReadReceiptSensor
-from tests.fixtures_sensor import receipt
+from tests.support import postgres_connection_fields, receipt
 
 DAG_SOURCE = """
 from datetime import timedelta
@@ -59,7 +59,7 @@ def sensor_dag(dag_id: str, store, *, read_within: float = 30.0, **sensor_args: 
 
 
 class VendorActivity:
-    """Plays the contact and the vendor from another thread while the DAG runs."""
+    """Plays the contact and the vendor while the DAG runs."""
 
     def __init__(self, vendors, store) -> None:
         self.fake = vendors.fakes["sendblue"]
@@ -67,6 +67,8 @@ class VendorActivity:
         self._thread: threading.Thread | None = None
 
     def on_send(self, action) -> None:
+        """Run ``action(handle)`` from another thread shortly after the message is sent."""
+
         def watch() -> None:
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
@@ -80,9 +82,25 @@ class VendorActivity:
         self._thread = threading.Thread(target=watch, daemon=True)
         self._thread.start()
 
+    def at_send(self, action) -> None:
+        """
+        Run ``action(handle)`` inside the vendor's handling of the send, before it answers: done
+        before the operator even learns the handle, so before any deadline counted from the send.
+        """
+        original = self.fake.dispatch
+
+        def dispatch(request):
+            response = original(request)
+            if request.method == "POST" and request.path == "/api/send-message" and response.status < 300:
+                action(response.body["message_handle"])
+            return response
+
+        self.fake.dispatch = dispatch
+
     def join(self) -> None:
         if self._thread is not None:
             self._thread.join(timeout=60)
+        self.fake.__dict__.pop("dispatch", None)  # the fake's own dispatch again
 
 
 @pytest.fixture
@@ -138,7 +156,9 @@ def test_read_through_reconcile(run_dag, sqlite_wait_store, vendors, sendblue_wa
 
 def test_unread_at_the_deadline_escalates(run_dag, wait_store, activity):
     wait_store.heartbeat()
-    activity.on_send(lambda handle: wait_store.record(receipt(handle, Status.DELIVERED)))
+    # Stored as the vendor takes the send: the DELIVERED is in the store long before the 2-second
+    # deadline, however slowly anything else runs.
+    activity.at_send(lambda handle: wait_store.record(receipt(handle, Status.DELIVERED)))
 
     result = run_dag(
         sensor_dag("rr_unread", wait_store, read_within=2, deferrable=True, reconcile_interval=None)
@@ -193,7 +213,8 @@ def test_no_receiver_fails_the_task_instead_of_escalating(
 
 
 def test_unreachable_store_fails_the_task(run_dag, vendors, sendblue_wait_conn, airflow_connection):
-    airflow_connection("rr_dead_store", "postgres", host="127.0.0.1", port=9, login="root", schema="test")
+    # The suite's PostgreSQL connection, on port 9 where nothing listens: the store cannot be reached.
+    airflow_connection("rr_dead_store", "postgres", **postgres_connection_fields(port=9))
 
     class DeadStore:
         target = {"store_conn_id": "rr_dead_store"}

@@ -39,7 +39,7 @@ from airflow_provider_readreceipts.hooks.store import (
     store_url_from_airflow,
 )
 from airflow_provider_readreceipts.receipts import InvalidInputError, ReceiptEvent, Status, current_status
-from tests.fixtures_store import build_event
+from tests.support import build_event
 
 LADDER = [Status.QUEUED, Status.SENT, Status.FAILED, Status.DELIVERED, Status.READ]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from airflow_provider_readreceipts.receipts import Status
 from airflow_provider_readreceipts.store import SCHEMA_VERSION, ReceiptStore, schema_version_table
 from airflow_provider_readreceipts.store.migrations import migrate_to_1
-from tests.fixtures_store import build_event
+from tests.support import build_event
 
 V1_EVENT_ROWS = [
     # (message_id, status, participant, chat_id)

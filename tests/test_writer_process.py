@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from airflow_provider_readreceipts.hooks.store import ReceiptStore, events_table
 from airflow_provider_readreceipts.receipts import InvalidInputError, Status
 from airflow_provider_readreceipts.webhooks.writer_process import WriterProcess, WriterProcessError
-from tests.fixtures_receiver import SENDBLUE_CONN_ID, sendblue_payload
+from tests.support import SENDBLUE_CONN_ID, sendblue_payload
 
 # ``store`` (the store fixtures' migrated store) is requested for its migration: the writer process
 # opens only a store whose schema is in place, as the receiver leaves it.
@@ -28,6 +29,19 @@ def _count_rows(store_url: str, message_prefix: str) -> int:
     with ReceiptStore(store_url) as reader, reader.engine.connect() as conn:
         query = sa.select(sa.func.count()).where(events_table.c.message_id.like(f"{message_prefix}%"))
         return int(conn.execute(query).scalar() or 0)
+
+
+#: How long a test waits for a process to notice another's death: instant here, generous for a loaded machine.
+NOTICE_TIMEOUT = 60.0
+
+
+async def eventually(condition: Callable[[], bool], what: str, *, timeout: float = NOTICE_TIMEOUT) -> None:
+    """Wait for ``condition`` while the event loop runs; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 async def _started(store_url: str) -> WriterProcess:
@@ -91,9 +105,7 @@ async def test_a_killed_writer_fails_its_waiters_instead_of_hanging(store, store
     assert writer.pid is not None
     os.kill(writer.pid, signal.SIGKILL)
     # The parent learns of the death from the socket closing, at once, not from a timeout.
-    deadline = time.monotonic() + 10
-    while writer.running and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
+    await eventually(lambda: not writer.running, "the parent to see its writer die")
 
     with pytest.raises(WriterProcessError, match="exited"):
         await writer.submit([make_event(message_id="wp-after-kill")], source="webhook")
@@ -124,11 +136,10 @@ async def test_the_child_exits_when_its_parent_goes_away(store, store_url, make_
     assert writer._writer is not None
     writer._writer.transport.abort()
 
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if writer._process is not None and writer._process.returncode is not None:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(
+        lambda: writer._process is not None and writer._process.returncode is not None,
+        "the orphaned writer to exit",
+    )
     assert writer._process is not None and writer._process.returncode == 0
     await writer.stop()
 
@@ -148,7 +159,7 @@ def test_the_receiver_answers_503_while_its_writer_is_dead_then_starts_a_new_one
     receiver = server.app.state.receiver
     first_pid = receiver.writer.pid
     os.kill(first_pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + NOTICE_TIMEOUT
     while receiver.writer.running and time.monotonic() < deadline:
         time.sleep(0.02)
 

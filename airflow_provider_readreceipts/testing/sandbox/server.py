@@ -21,10 +21,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_provider_readreceipts import sandbox
-from airflow_provider_readreceipts.sandbox.delivery import Scheduler, WebhookDeliverer, is_loopback_url
-from airflow_provider_readreceipts.sandbox.fates import Fate, Timing
-from airflow_provider_readreceipts.sandbox.vendors import (
+from airflow_provider_readreceipts.testing import sandbox
+from airflow_provider_readreceipts.testing.sandbox.delivery import (
+    Scheduler,
+    WebhookDeliverer,
+    is_loopback_url,
+)
+from airflow_provider_readreceipts.testing.sandbox.fates import Fate, Timing
+from airflow_provider_readreceipts.testing.sandbox.vendors import (
     FakeRequest,
     FakeResponse,
     SandboxChert,

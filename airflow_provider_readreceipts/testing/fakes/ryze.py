@@ -20,9 +20,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
-from tests.fakes.server import FakeRequest, FakeResponse, VendorFake
+from airflow_provider_readreceipts.testing.fakes.server import FakeRequest, FakeResponse, VendorFake
 
-TOKEN = "ryze-instance-token-Q7v2"
+TOKEN = "ryze-instance-token-Q7v2"  # noqa: S105 - the fake's own credential, public on purpose
 INSTANCE = "airflow-wa"
 DEFAULT_RATE_LIMIT = 100
 DEFAULT_WINDOW_SECONDS = 60.0

@@ -1,10 +1,10 @@
 """
 A real HTTP server on loopback that hosts the vendor fakes, one URL prefix per vendor.
 
-Each fake (``tests/fakes/<vendor>.py``) follows CONTRACTS.md: the vendor's paths, auth, bodies and
-error envelopes. The server adds what every test needs around them: a log of the requests it
-received (to assert what went over the wire, and how often) and scripted faults (429 with
-``Retry-After``, 5xx, slow answers, dropped connections) consumed in order.
+Each fake (one module per vendor beside this one) follows CONTRACTS.md: the vendor's paths, auth,
+bodies and error envelopes. The server adds what every test needs around them: a log of the
+requests it received (to assert what went over the wire, and how often) and scripted faults (429
+with ``Retry-After``, 5xx, slow answers, dropped connections) consumed in order.
 
     with VendorFakeServer(SendblueFake()) as server:
         server.url("sendblue")          # http://127.0.0.1:<port>/sendblue

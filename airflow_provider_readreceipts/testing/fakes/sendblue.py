@@ -7,10 +7,10 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from tests.fakes.server import FakeRequest, FakeResponse, VendorFake
+from airflow_provider_readreceipts.testing.fakes.server import FakeRequest, FakeResponse, VendorFake
 
 API_KEY_ID = "sb-key-id-1"
-API_SECRET = "sb-secret-Zq8tT2"
+API_SECRET = "sb-secret-Zq8tT2"  # noqa: S105 - the fake's own credential, public on purpose
 LINE = "+19175551234"
 
 

@@ -1,10 +1,11 @@
 """
 The four vendor fakes, grown into a sandbox: each send gets a fate, and each vendor reports it its way.
 
-Each class adds to its test fake (``tests/fakes/<vendor>.py``) three things: a hook on the send
-routes that plans the message's life (:meth:`SandboxVendor.plan`), :meth:`SandboxVendor.apply` that
-moves the message one step in the fake's state and sends the webhook the vendor would send, and
-:meth:`SandboxVendor.contact_writes` that plays a contact writing to us.
+Each class adds to its vendor fake (:mod:`airflow_provider_readreceipts.testing.fakes`) three
+things: a hook on the send routes that plans the message's life (:meth:`SandboxVendor.plan`),
+:meth:`SandboxVendor.apply` that moves the message one step in the fake's state and sends the
+webhook the vendor would send, and :meth:`SandboxVendor.contact_writes` that plays a contact writing
+to us.
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ import uuid
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_readreceipts import sandbox
-from airflow_provider_readreceipts.sandbox._fakes import ensure_fakes_importable
-from airflow_provider_readreceipts.sandbox.fates import Fate, fate_for, last_digit
-
-ensure_fakes_importable()
-
-# The fakes are importable only now (see ensure_fakes_importable): hence the late imports.
-from tests.fakes.chert import ChertFake, message_received_event, webhook_signature  # noqa: E402
-from tests.fakes.direct7 import Direct7Fake  # noqa: E402
-from tests.fakes.ryze import RyzeFake  # noqa: E402
-from tests.fakes.sendblue import SendblueFake  # noqa: E402
-from tests.fakes.server import FakeRequest, FakeResponse, VendorFake, VendorFakeServer  # noqa: E402
+from airflow_provider_readreceipts.testing import sandbox
+from airflow_provider_readreceipts.testing.fakes.chert import (
+    ChertFake,
+    message_received_event,
+    webhook_signature,
+)
+from airflow_provider_readreceipts.testing.fakes.direct7 import Direct7Fake
+from airflow_provider_readreceipts.testing.fakes.ryze import RyzeFake
+from airflow_provider_readreceipts.testing.fakes.sendblue import SendblueFake
+from airflow_provider_readreceipts.testing.fakes.server import (
+    FakeRequest,
+    FakeResponse,
+    VendorFake,
+    VendorFakeServer,
+)
+from airflow_provider_readreceipts.testing.sandbox.fates import Fate, fate_for, last_digit
 
 if TYPE_CHECKING:
-    from airflow_provider_readreceipts.sandbox.server import Sandbox
+    from airflow_provider_readreceipts.testing.sandbox.server import Sandbox
 
 #: The steps of a message's life, in the vendor-neutral words of the receipt ladder.
 SENT, DELIVERED, READ, FAILED = "SENT", "DELIVERED", "READ", "FAILED"

@@ -21,11 +21,11 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
-from tests.fakes.server import FakeRequest, FakeResponse, Fault, VendorFake
+from airflow_provider_readreceipts.testing.fakes.server import FakeRequest, FakeResponse, Fault, VendorFake
 
 TENANT = "acme-7a3f"
-SIGNING_SECRET = "chert-signing-secret-8f2c9d41"
-WEBHOOK_SECRET = "chert-webhook-secret-1a2b3c4d"
+SIGNING_SECRET = "chert-signing-secret-8f2c9d41"  # noqa: S105 - the fake's own credential, public on purpose
+WEBHOOK_SECRET = "chert-webhook-secret-1a2b3c4d"  # noqa: S105
 LINE = "+14152165723"
 WINDOW_SECONDS = 300
 #: GET /chats/{id}/messages returns at most this many, the most recent ones.

@@ -14,9 +14,9 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote
 
-from tests.fakes.server import FakeRequest, FakeResponse, VendorFake
+from airflow_provider_readreceipts.testing.fakes.server import FakeRequest, FakeResponse, VendorFake
 
-API_TOKEN = "d7-token-Hq4vW9"
+API_TOKEN = "d7-token-Hq4vW9"  # noqa: S105 - the fake's own credential, public on purpose
 ORIGINATOR = "+971501234567"
 
 
