@@ -17,6 +17,7 @@ from airflow.sdk import BaseSensorOperator
 
 from airflow_provider_readreceipts.receipts import InvalidInputError, ReadReceiptsError
 from airflow_provider_readreceipts.replies import compile_choices
+from airflow_provider_readreceipts.sensors._target import resolve_store_location
 from airflow_provider_readreceipts.waits import (
     FAULT_CONFIGURATION,
     ReadReceiptWaitError,
@@ -149,7 +150,7 @@ class CampaignWaitSensor(BaseSensorOperator):
         try:
             campaign_id, step_name = _reference(self.campaign, self.step)
             deadline = as_utc(self.deadline, field="deadline") if self.deadline is not None else None
-            store_conn_id, store_path = self._resolve_store()
+            store_conn_id, store_path = resolve_store_location(self.store_conn_id, self.store_path)
             with ReceiptStore(store_url_from_airflow(conn_id=store_conn_id, path=store_path)) as store:
                 store.check_schema()
                 step = store.read(lambda conn: require_step(conn, campaign_id, step_name))
@@ -210,7 +211,12 @@ class CampaignWaitSensor(BaseSensorOperator):
         if self.mark_reply_read and counts.get("replied"):
             from airflow_provider_readreceipts.operators._reply_receipts import mark_replies_read
 
-            mark_replies_read(self, event["campaign_id"], event["step"], self._resolve_store())
+            mark_replies_read(
+                self,
+                event["campaign_id"],
+                event["step"],
+                resolve_store_location(self.store_conn_id, self.store_path),
+            )
         result: CampaignWaitResult = {
             "campaign_id": event["campaign_id"],
             "step": event["step"],
@@ -228,17 +234,6 @@ class CampaignWaitSensor(BaseSensorOperator):
 
             raise AirflowFailException(str(fault)) from fault
         raise fault
-
-    def _resolve_store(self) -> tuple[str | None, str | None]:
-        """The store to wait on, decided here in the worker (the triggerer may see another one)."""
-        from sqlalchemy.engine import make_url
-
-        from airflow_provider_readreceipts.store import DEFAULT_STORE_CONN_ID, store_url_from_airflow
-
-        url = make_url(store_url_from_airflow(conn_id=self.store_conn_id, path=self.store_path))
-        if url.get_backend_name() == "sqlite" and self.store_conn_id is None:
-            return None, str(url.database)
-        return self.store_conn_id or DEFAULT_STORE_CONN_ID, None
 
 
 def _reference(campaign: Any, step: str | None) -> tuple[str, str | None]:

@@ -7,12 +7,9 @@ Light to import on purpose (the scheduler imports sensor modules at every DAG pa
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
@@ -20,6 +17,13 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_readreceipts.receipts import InvalidInputError, ReadReceiptsError
 from airflow_provider_readreceipts.replies import compile_choices
+from airflow_provider_readreceipts.sensors._target import (
+    MessageTarget,
+    literal,
+    reconcile_required,
+    resolve_target,
+    templated,
+)
 from airflow_provider_readreceipts.waits import (
     FAULT_CONFIGURATION,
     FAULT_NO_SOURCE,
@@ -49,29 +53,6 @@ if TYPE_CHECKING:
 #: fires when the trigger could not report at all (a triggerer down for that long): the task then
 #: fails, as a fault of ours must, rather than ending "unread".
 TIMEOUT_SLACK = timedelta(minutes=15)
-
-
-@dataclass(frozen=True)
-class _Target:
-    """The message, deadline and policy once templates are rendered and references resolved."""
-
-    conn_id: str
-    message_id: str
-    vendor: str
-    chat: str
-    sent_at: str | None
-    deadline: datetime
-    policy: WaitPolicy
-    store_conn_id: str | None
-    store_path: str | None
-    #: Who it went to, by identity, and the conversation replies are matched by.
-    recipient: str = ""
-    chat_key: str = ""
-
-    @property
-    def reply_from(self) -> list[str]:
-        """The participants whose reply counts: the policy's names, or anyone (empty)."""
-        return list(self.policy.names) if self.policy.kind in ("named", "all") else []
 
 
 class ReadReceiptSensor(BaseSensorOperator):
@@ -235,12 +216,12 @@ class ReadReceiptSensor(BaseSensorOperator):
             deferrable = conf.getboolean("operators", "default_deferrable", fallback=False)
         self.deferrable = deferrable
         # Checked now when written literally, so a DAG with a typo fails at parse time.
-        if not _templated(wait_for):
-            literal_participants = _literal(participants) if not _templated(participants) else ["?"]
-            WaitPolicy.parse(_literal(wait_for), literal_participants, identities=False)
+        if not templated(wait_for):
+            literal_participants = literal(participants) if not templated(participants) else ["?"]
+            WaitPolicy.parse(literal(wait_for), literal_participants, identities=False)
         if isinstance(vendor, str) and reads_by_polling_only(vendor) and reconcile is None:
-            raise ValueError(_reconcile_required(vendor))
-        self._target: _Target | None = None
+            raise ValueError(reconcile_required(vendor))
+        self._target: MessageTarget | None = None
         self._store: ReceiptStore | None = None
         self._has_receiver: bool | None = None
         self._reconcile_ok = False
@@ -279,7 +260,7 @@ class ReadReceiptSensor(BaseSensorOperator):
                 self._store.close()
                 self._store = None
 
-    def _defer(self, target: _Target, now: datetime) -> None:
+    def _defer(self, target: MessageTarget, now: datetime) -> None:
         from airflow_provider_readreceipts.triggers.read_receipt import ReadReceiptTrigger
 
         trigger = ReadReceiptTrigger(
@@ -316,7 +297,7 @@ class ReadReceiptSensor(BaseSensorOperator):
             self._raise_fault(kind, str(message))
         return self._finish(cast("WaitResult", event))
 
-    def _register(self, target: _Target) -> None:
+    def _register(self, target: MessageTarget) -> None:
         """
         Record the message by its conversation, so that a reply is matched to it (or to a later
         message sent to the same chat). Best effort: without it, replies are matched to the other
@@ -452,9 +433,8 @@ class ReadReceiptSensor(BaseSensorOperator):
             ),
         )
 
-    def _find_reply(self, store: ReceiptStore, target: _Target) -> Any:
+    def _find_reply(self, store: ReceiptStore, target: MessageTarget) -> Any:
         """The reply that answers the message, if one came before the deadline (poke modes)."""
-        from airflow_provider_readreceipts.replies import compile_choices
         from airflow_provider_readreceipts.triggers._replies import find_reply_now
 
         if not target.chat_key or not target.sent_at:
@@ -478,7 +458,7 @@ class ReadReceiptSensor(BaseSensorOperator):
                 "store_unreachable", f"the receipt store {store.url_for_display} could not be read: {exc}"
             ) from exc
 
-    def _sync_store(self, target: _Target) -> ReceiptStore:
+    def _sync_store(self, target: MessageTarget) -> ReceiptStore:
         if self._store is None:
             from airflow_provider_readreceipts.store import ReceiptStore, store_url_from_airflow
 
@@ -511,7 +491,7 @@ class ReadReceiptSensor(BaseSensorOperator):
                 " the store the receiver writes to, start the receiver, or turn reconcile on.",
             )
 
-    def _read_status(self, store: ReceiptStore, target: _Target) -> Any:
+    def _read_status(self, store: ReceiptStore, target: MessageTarget) -> Any:
         try:
             return store.message_status(target.conn_id, target.message_id)
         except Exception as exc:
@@ -519,7 +499,7 @@ class ReadReceiptSensor(BaseSensorOperator):
                 "store_unreachable", f"the receipt store {store.url_for_display} could not be read: {exc}"
             ) from exc
 
-    def _reconcile_due(self, target: _Target) -> bool:
+    def _reconcile_due(self, target: MessageTarget) -> bool:
         if self.reschedule:
             return True  # each poke is a new process; its poke interval is the reconcile interval
         if self._last_reconcile is None:
@@ -530,7 +510,7 @@ class ReadReceiptSensor(BaseSensorOperator):
         assert self.reconcile_interval is not None
         return time.monotonic() - self._last_reconcile >= self.reconcile_interval
 
-    def _reconcile(self, target: _Target, store: ReceiptStore) -> None:
+    def _reconcile(self, target: MessageTarget, store: ReceiptStore) -> None:
         """Ask the vendor's status API once and record what it says in the store."""
         from airflow.sdk.exceptions import AirflowNotFoundException
 
@@ -565,80 +545,12 @@ class ReadReceiptSensor(BaseSensorOperator):
 
     # -- resolving the message reference ----------------------------------------------------------
 
-    def _resolve_target(self, context: Context) -> _Target:
+    def _resolve_target(self, context: Context) -> MessageTarget:
         try:
-            return self._resolve(context)
+            return resolve_target(self)
         except InvalidInputError as exc:
             self._raise_fault(FAULT_CONFIGURATION, str(exc))
             raise  # unreachable: _raise_fault always raises
-
-    def _resolve(self, context: Context) -> _Target:
-        ref = _message_ref(self.message)
-        conn_id = _pick("conn_id", self.conn_id, ref)
-        message_id = _pick("message_id", self.message_id, ref)
-        if not conn_id or not message_id:
-            raise InvalidInputError("message", "the message reference has no conn_id or message_id")
-        vendor = _pick("vendor", self.vendor, ref) or self._vendor_of(conn_id)
-        chat = _pick("chat", self.chat, ref) or ""
-        sent_at_value = _pick("sent_at", self.sent_at, ref)
-        sent_at = as_utc(sent_at_value, field="sent_at").isoformat() if sent_at_value else None
-        if self.deadline is not None and str(self.deadline).strip():
-            deadline = as_utc(self.deadline, field="deadline")
-        else:
-            if sent_at is None:
-                raise InvalidInputError(
-                    "read_within",
-                    "counts from the message's sent_at, which is unknown: pass sent_at= or deadline=",
-                )
-            assert self.read_within is not None
-            deadline = as_utc(sent_at, field="sent_at") + timedelta(seconds=self.read_within)
-        if reads_by_polling_only(vendor) and not self.reconcile_interval:
-            raise InvalidInputError("reconcile_interval", _reconcile_required(vendor))
-        policy = WaitPolicy.parse(_literal(self.wait_for), _literal(self.participants))
-        store_conn_id, store_path = self._resolve_store()
-        from airflow_provider_readreceipts.identity import normalize_identity
-
-        # Replies are matched by the conversation: Chert's chat id, else the other party's identity.
-        chat_key = normalize_identity(str(chat)) if chat else ""
-        recipient = str(ref.get("recipient") or "") or chat_key
-        return _Target(
-            conn_id=str(conn_id),
-            message_id=str(message_id),
-            vendor=str(vendor),
-            chat=str(chat),
-            sent_at=sent_at,
-            deadline=deadline,
-            policy=policy,
-            store_conn_id=store_conn_id,
-            store_path=store_path,
-            recipient=recipient,
-            chat_key=chat_key,
-        )
-
-    def _vendor_of(self, conn_id: str) -> str:
-        from airflow.sdk import BaseHook
-
-        conn_type = BaseHook.get_connection(conn_id).conn_type
-        if not conn_type:
-            raise InvalidInputError("vendor", f"connection {conn_id!r} has no type; pass vendor=")
-        return str(conn_type)
-
-    def _resolve_store(self) -> tuple[str | None, str | None]:
-        """
-        Which store to wait on, decided here in the worker: the triggerer may see a different
-        ``AIRFLOW_HOME`` or environment, and must wait on the store this task means.
-        """
-        from sqlalchemy.engine import make_url
-
-        from airflow_provider_readreceipts.store import DEFAULT_STORE_CONN_ID, store_url_from_airflow
-
-        try:
-            url = make_url(store_url_from_airflow(conn_id=self.store_conn_id, path=self.store_path))
-        except ReadReceiptsError as exc:
-            raise InvalidInputError("store_conn_id", str(exc)) from None
-        if url.get_backend_name() == "sqlite" and self.store_conn_id is None:
-            return None, str(url.database)
-        return self.store_conn_id or DEFAULT_STORE_CONN_ID, None
 
 
 def _reply_fields(reply: Any, sent_at: str | None) -> dict[str, Any] | None:
@@ -647,56 +559,3 @@ def _reply_fields(reply: Any, sent_at: str | None) -> dict[str, Any] | None:
     from airflow_provider_readreceipts.triggers._replies import result_fields
 
     return result_fields(reply, sent_at)
-
-
-def _templated(value: Any) -> bool:
-    return isinstance(value, str) and "{{" in value
-
-
-def _literal(value: Any) -> Any:
-    """A rendered template of a list or number (``"['+1415...']"``, ``"2"``) back to the value."""
-    if isinstance(value, str) and value.strip()[:1] in ("[", "("):
-        try:
-            return ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            return value
-    return value
-
-
-def _message_ref(message: Any) -> Mapping[str, Any]:
-    """The reference as a mapping; a template renders a dict to its repr, so parse that back."""
-    if message is None or message == "":
-        return {}
-    if isinstance(message, str):
-        text = message.strip()
-        try:
-            message = json.loads(text)
-        except ValueError:
-            try:
-                message = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise InvalidInputError("message", f"not a message reference: {text[:200]!r}") from None
-    if isinstance(message, list) and len(message) == 1:
-        message = message[0]
-    if not isinstance(message, Mapping):
-        raise InvalidInputError(
-            "message",
-            "expected one message reference (a dict with conn_id and message_id), got"
-            f" {type(message).__name__}; for many messages, map the sensor over them with"
-            " .expand(message=...)",
-        )
-    return message
-
-
-def _pick(field: str, explicit: Any, ref: Mapping[str, Any]) -> Any:
-    from_ref = ref.get(field)
-    if explicit not in (None, "") and from_ref not in (None, "") and str(explicit) != str(from_ref):
-        raise InvalidInputError(field, f"given as {explicit!r} but the message reference says {from_ref!r}")
-    return explicit if explicit not in (None, "") else from_ref
-
-
-def _reconcile_required(vendor: str) -> str:
-    return (
-        f"{vendor} reports reads only through its status API (it has no read webhook): reconcile_interval"
-        " cannot be None"
-    )
